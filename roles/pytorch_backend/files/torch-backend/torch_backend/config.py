@@ -1,0 +1,137 @@
+"""Service configuration, read from environment variables only.
+
+systemd passes them through the role's EnvironmentFile. This module does not
+import torch: a bad value must fail in milliseconds, with one message that
+names the variable, before the expensive torch import.
+
+Variables (defaults in brackets):
+
+    TORCH_BACKEND_HOST              [127.0.0.1]
+    TORCH_BACKEND_PORT              [8080]  0 = any free port (tests)
+    TORCH_BACKEND_MODEL_DIR         [/var/lib/torch-backend/models]  missing = built-ins only
+    TORCH_BACKEND_WORKERS           [1]     inference worker threads
+    TORCH_BACKEND_QUEUE_SIZE        [16]    requests waiting for a worker; beyond it: 503
+    TORCH_BACKEND_MAX_BODY_BYTES    [16777216]  larger bodies: 413, not read
+    TORCH_BACKEND_INTRA_OP_THREADS  [usable cores // workers, at least 1]
+    TORCH_BACKEND_INTER_OP_THREADS  [1]
+    TORCH_BACKEND_LOG_LEVEL         [INFO]
+    USE_NNPACK                      "0" off, "1" on, unset/empty = probe at start-up
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+DEFAULT_MODEL_DIR = "/var/lib/torch-backend/models"
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """A bad configuration value; the message names the variable."""
+
+    def __init__(self, variable: str, value: str, problem: str):
+        super().__init__(f"{variable}={value!r}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    model_dir: str = DEFAULT_MODEL_DIR
+    workers: int = 1
+    queue_size: int = 16
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    log_level: str = "INFO"
+    # None = unset/empty: decide by probing; otherwise "0" or "1".
+    use_nnpack: Optional[str] = None
+    cores: int = 1
+    # Human-readable notes on values that were lowered to fit the cores.
+    clamped: tuple = field(default_factory=tuple)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (cgroup cpusets and taskset included)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux: fall back to the count
+        return max(1, os.cpu_count() or 1)
+
+
+def _get(env: Mapping[str, str], name: str) -> Optional[str]:
+    """The stripped value, or None when unset or empty (systemd writes `X=`)."""
+    value = env.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: Optional[int] = None) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise ConfigError(name, raw, "must be a decimal integer") from None
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise ConfigError(name, raw, f"must be {bound}")
+    return value
+
+
+def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -> Config:
+    """Read and validate the configuration; raise ConfigError on the first bad value."""
+    env = os.environ if env is None else env
+    cores = usable_cores() if cores is None else cores
+
+    host = _get(env, "TORCH_BACKEND_HOST") or "127.0.0.1"
+    port = _int(env, "TORCH_BACKEND_PORT", 8080, 0, 65535)
+
+    model_dir = _get(env, "TORCH_BACKEND_MODEL_DIR") or DEFAULT_MODEL_DIR
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise ConfigError("TORCH_BACKEND_MODEL_DIR", model_dir, "exists but is not a directory")
+
+    workers = _int(env, "TORCH_BACKEND_WORKERS", 1, 1, 1024)
+    queue_size = _int(env, "TORCH_BACKEND_QUEUE_SIZE", 16, 1, 1_000_000)
+    max_body = _int(env, "TORCH_BACKEND_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1, 1 << 40)
+
+    intra_default = max(1, cores // workers)
+    intra = _int(env, "TORCH_BACKEND_INTRA_OP_THREADS", intra_default, 1, 4096)
+    inter = _int(env, "TORCH_BACKEND_INTER_OP_THREADS", 1, 1, 4096)
+
+    level = (_get(env, "TORCH_BACKEND_LOG_LEVEL") or "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError("TORCH_BACKEND_LOG_LEVEL", env["TORCH_BACKEND_LOG_LEVEL"],
+                          "must be one of " + ", ".join(LOG_LEVELS))
+
+    use_nnpack = _get(env, "USE_NNPACK")
+    if use_nnpack not in (None, "0", "1"):
+        raise ConfigError("USE_NNPACK", env["USE_NNPACK"],
+                          'must be "0" (disable), "1" (enable) or empty/unset (probe at start-up)')
+
+    # Each worker runs its own intra-op thread team, so workers x intra is the
+    # number of threads computing at once. More than the cores only adds
+    # context switches and cache thrashing: clamp, and say so at start-up.
+    clamped = []
+    if workers > cores:
+        clamped.append(f"TORCH_BACKEND_WORKERS {workers}->{cores}")
+        workers = cores
+    intra_max = max(1, cores // workers)
+    if intra > intra_max:
+        clamped.append(f"TORCH_BACKEND_INTRA_OP_THREADS {intra}->{intra_max}")
+        intra = intra_max
+    if inter > cores:
+        clamped.append(f"TORCH_BACKEND_INTER_OP_THREADS {inter}->{cores}")
+        inter = cores
+
+    return Config(host=host, port=port, model_dir=model_dir, workers=workers,
+                  queue_size=queue_size, max_body_bytes=max_body,
+                  intra_op_threads=intra, inter_op_threads=inter, log_level=level,
+                  use_nnpack=use_nnpack, cores=cores, clamped=tuple(clamped))

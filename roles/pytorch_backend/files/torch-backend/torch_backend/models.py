@@ -1,0 +1,207 @@
+"""Models: metadata, checksum, loading, warm-up and the forward call.
+
+A model directory holds, per model, ``NAME.pt`` (TorchScript, ``torch.jit.save``)
+and ``NAME.json``::
+
+    {"inputs":  [{"name": "input",  "datatype": "FP32", "shape": [-1, 3, 224, 224]}],
+     "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 1000]}],
+     "sha256": "<hex of NAME.pt>"}          # optional; verified before loading
+
+-1 marks a variable dimension. Every problem is a ModelError naming the model:
+the service refuses to start rather than serve half its models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, List, Sequence
+
+import numpy as np
+
+from . import selftest
+
+PLATFORM = "pytorch_torchscript"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+# Open Inference Protocol datatype -> numpy dtype (little-endian on the wire).
+DATATYPES = {
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+}
+
+
+class ModelError(Exception):
+    def __init__(self, model: str, problem: str):
+        super().__init__(f"model {model!r}: {problem}")
+        self.model = model
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple  # ints; -1 = any size >= 1
+
+    @property
+    def dtype(self) -> np.dtype:
+        return DATATYPES[self.datatype]
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def _parse_specs(model: str, meta: dict, key: str) -> List[TensorSpec]:
+    items = meta.get(key)
+    if not isinstance(items, list) or not items:
+        raise ModelError(model, f"metadata {key!r} must be a non-empty list")
+    specs, seen = [], set()
+    for i, item in enumerate(items):
+        where = f"metadata {key}[{i}]"
+        if not isinstance(item, dict):
+            raise ModelError(model, f"{where} must be an object")
+        name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+        if not isinstance(name, str) or not name:
+            raise ModelError(model, f"{where}.name must be a non-empty string")
+        if name in seen:
+            raise ModelError(model, f"{where}.name {name!r} is repeated")
+        seen.add(name)
+        if datatype not in DATATYPES:
+            raise ModelError(model, f"{where}.datatype must be one of {sorted(DATATYPES)}")
+        if (not isinstance(shape, list) or not shape
+                or not all(type(d) is int and (d == -1 or d >= 1) for d in shape)):
+            raise ModelError(model, f"{where}.shape must be a non-empty list of ints >= 1 or -1")
+        specs.append(TensorSpec(name, datatype, tuple(shape)))
+    return specs
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Model:
+    """A loaded model with its declared tensors; ``run`` is thread-safe."""
+
+    def __init__(self, name: str, module: Any, inputs: Sequence[TensorSpec],
+                 outputs: Sequence[TensorSpec], source: str):
+        self.name = name
+        self.module = module
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.source = source
+        self.platform = PLATFORM
+
+    def metadata(self) -> dict:
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": self.platform,
+            "inputs": [s.as_dict() for s in self.inputs],
+            "outputs": [s.as_dict() for s in self.outputs],
+        }
+
+    def run(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Forward pass; arrays are in declared input order, already validated."""
+        import torch
+
+        tensors = [torch.from_numpy(a) for a in arrays]
+        with torch.inference_mode():
+            result = self.module(*tensors)
+        if isinstance(result, torch.Tensor):
+            result = [result]
+        elif isinstance(result, dict):
+            result = [result[s.name] for s in self.outputs]
+        result = list(result)
+        if len(result) != len(self.outputs):
+            raise ModelError(self.name, f"returned {len(result)} outputs, metadata declares "
+                                        f"{len(self.outputs)}")
+        out = []
+        for spec, tensor in zip(self.outputs, result):
+            array = tensor.detach().contiguous().numpy().astype(spec.dtype, copy=False)
+            if array.ndim != len(spec.shape) or any(
+                    d != -1 and d != n for d, n in zip(spec.shape, array.shape)):
+                raise ModelError(self.name, f"output {spec.name!r} has shape {list(array.shape)}, "
+                                            f"metadata declares {list(spec.shape)}")
+            out.append(array)
+        return out
+
+    def warm_up(self) -> None:
+        """One inference on zeros (variable dims = 1): proves the model runs
+        here and pays one-time costs (TorchScript optimisation, allocator)
+        before the service reports ready."""
+        arrays = [np.zeros([1 if d == -1 else d for d in s.shape], dtype=s.dtype)
+                  for s in self.inputs]
+        self.run(arrays)
+
+
+def builtin_models() -> List[Model]:
+    meta = selftest.metadata()
+    return [Model(selftest.MODEL_NAME, selftest.build_model(),
+                  _parse_specs(selftest.MODEL_NAME, meta, "inputs"),
+                  _parse_specs(selftest.MODEL_NAME, meta, "outputs"), "built-in")]
+
+
+def load_file_model(name: str, pt_path: str, json_path: str) -> Model:
+    import torch
+
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ModelError(name, f"cannot read metadata {json_path}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ModelError(name, f"metadata {json_path} must be a JSON object")
+    inputs = _parse_specs(name, meta, "inputs")
+    outputs = _parse_specs(name, meta, "outputs")
+
+    expected = meta.get("sha256")
+    if expected is not None:
+        if not isinstance(expected, str) or not SHA256_RE.match(expected):
+            raise ModelError(name, "metadata sha256 must be 64 hex digits")
+        actual = sha256_file(pt_path)
+        if actual != expected.lower():
+            raise ModelError(name, f"sha256 mismatch for {pt_path}: metadata says "
+                                   f"{expected.lower()}, file has {actual}; refusing to load")
+    try:
+        module = torch.jit.load(pt_path, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds
+        raise ModelError(name, f"cannot load TorchScript {pt_path}: {exc}") from None
+    module.eval()
+    return Model(name, module, inputs, outputs, pt_path)
+
+
+def scan_model_dir(model_dir: str) -> List[tuple]:
+    """(name, pt_path, json_path) for each model in the directory, sorted.
+
+    A missing directory means "built-in models only"; a half model (only
+    .pt or only .json) is an error, as is a name the built-ins already use.
+    """
+    if not os.path.isdir(model_dir):
+        return []
+    stems = {}
+    for entry in sorted(os.listdir(model_dir)):
+        stem, ext = os.path.splitext(entry)
+        if ext in (".pt", ".json") and not stem.startswith("."):
+            stems.setdefault(stem, set()).add(ext)
+    found = []
+    for name, exts in sorted(stems.items()):
+        if not NAME_RE.match(name):
+            raise ModelError(name, "invalid model name (allowed: letters, digits, '_', '.', '-')")
+        if name == selftest.MODEL_NAME:
+            raise ModelError(name, "name is reserved for the built-in self-test model")
+        if exts != {".pt", ".json"}:
+            missing = ({".pt", ".json"} - exts).pop()
+            raise ModelError(name, f"{name}{missing} is missing in {model_dir}")
+        found.append((name, os.path.join(model_dir, name + ".pt"),
+                      os.path.join(model_dir, name + ".json")))
+    return found

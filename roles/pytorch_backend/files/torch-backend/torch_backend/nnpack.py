@@ -1,0 +1,176 @@
+"""The NNPACK decision: made once, at start-up, before any model is loaded.
+
+Why this module exists (see NNPACK.md in the project):
+
+* The ``USE_NNPACK`` environment variable is a *build-time* switch; stock
+  wheels ignore it at run time. The only run-time switch is
+  ``torch.backends.nnpack.set_flags(False)``, and it must be called before the
+  first convolution: then NNPACK is never initialized and torch never prints
+  ``Could not initialize NNPACK! Reason: Unsupported hardware.``, which
+  torch 2.13 prints on *every* batch-1 Conv2d that oneDNN declines.
+* ``torch.backends.nnpack.is_available()`` is the authoritative test, but it
+  prints that same warning each time it says no. So the auto mode asks it in a
+  child process with its stderr captured: the service's own stderr (the
+  journal) stays clean, and a crash of the check (seen with /proc and /sys
+  hidden) only kills the child.
+
+The child is made with fork() rather than by starting a new interpreter: it
+reuses the torch already imported (no second multi-second import) and it
+runs on the same CPU as the service, also when the service itself runs under
+an emulator such as qemu-user, where a fresh exec would escape the emulation.
+It is forked before any thread pool exists (no op has run yet).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+PROBE_TIMEOUT_S = 120.0
+_REASON_RE = re.compile(r"Could not initialize NNPACK! Reason: ([^\r\n]*)")
+
+
+@dataclass(frozen=True)
+class Decision:
+    enabled: bool
+    decided_by: str  # "env" (USE_NNPACK was set) or "auto" (probed)
+    reason: str      # human-readable, goes into the start-up line and /v2
+
+    def describe(self) -> str:
+        state = "enabled" if self.enabled else "disabled"
+        return f"{state} ({self.decided_by}: {self.reason})"
+
+
+def probe(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
+    """Ask ``torch.backends.nnpack.is_available()`` in a forked child.
+
+    Returns (available, reason). Anything other than a clean "yes" (a crash,
+    a hang, an exception) counts as unavailable: leaving NNPACK on where it may
+    not initialize is what fills the journal.
+    """
+    import torch  # noqa: F401  (imported before fork so the child inherits it)
+
+    read_fd, write_fd = os.pipe()
+    err_file = tempfile.TemporaryFile(prefix="torch-backend-nnpack-probe-")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # child: never return into the caller's code
+        status = b"E"
+        try:
+            os.close(read_fd)
+            os.dup2(err_file.fileno(), 2)
+            status = b"1" if torch.backends.nnpack.is_available() else b"0"
+        except BaseException:  # noqa: BLE001 - any failure means "no"
+            pass
+        finally:
+            try:
+                os.write(write_fd, status)
+            finally:
+                os._exit(0)
+
+    os.close(write_fd)
+    try:
+        deadline = time.monotonic() + timeout
+        status = b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return False, f"probe timed out after {timeout:.0f} s"
+            ready, _, _ = select.select([read_fd], [], [], min(left, 1.0))
+            if ready:
+                status = os.read(read_fd, 1)
+                break
+        _, wait_status = os.waitpid(pid, 0)
+        err_file.seek(0)
+        stderr = err_file.read(64 * 1024).decode("utf-8", "replace")
+    finally:
+        os.close(read_fd)
+        err_file.close()
+
+    if os.WIFSIGNALED(wait_status):
+        return False, f"probe crashed with signal {os.WTERMSIG(wait_status)}"
+    if status == b"1":
+        return True, "probe: NNPACK initialized"
+    if status == b"0":
+        match = _REASON_RE.search(stderr)
+        why = match.group(1).strip().rstrip(".") if match else "is_available() returned False"
+        return False, f"probe: {why}"
+    return False, "probe failed: is_available() raised or the child died"
+
+
+def decide(use_nnpack: Optional[str], probe_fn=probe) -> Decision:
+    """USE_NNPACK "0"/"1" is obeyed as given; unset/empty means probe."""
+    if use_nnpack == "0":
+        return Decision(False, "env", "USE_NNPACK=0")
+    if use_nnpack == "1":
+        return Decision(True, "env", "USE_NNPACK=1")
+    available, reason = probe_fn()
+    return Decision(available, "auto", reason)
+
+
+def apply(decision: Decision) -> None:
+    """Set torch's run-time flag; must run before any model is loaded or run."""
+    import torch
+
+    if not decision.enabled:
+        torch.backends.nnpack.set_flags(False)
+
+
+def enabled_in_torch() -> bool:
+    """What torch will do now (reads the flag; never initializes NNPACK)."""
+    import torch
+
+    return bool(torch._C._get_nnpack_enabled())
+
+
+# --- hook for a later feature -------------------------------------------------
+
+def cpu_fingerprint() -> dict:
+    """A cheap description of the CPU, for comparing against a recorded one.
+
+    Only reads /proc/cpuinfo and torch's CPU capability: none of this can
+    trigger the NNPACK warning.
+    """
+    info = {"model_name": "", "flags": []}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not info["model_name"]:
+                    info["model_name"] = value.strip()
+                elif key == "flags" and not info["flags"]:
+                    wanted = {"avx", "avx2", "fma", "avx512f", "hypervisor"}
+                    info["flags"] = sorted(wanted.intersection(value.split()))
+                if info["model_name"] and info["flags"]:
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - a fingerprint must never stop start-up
+        info["cpu_capability"] = "unknown"
+    return info
+
+
+def check_cpu_fingerprint(recorded_path: Optional[str] = None) -> Optional[str]:
+    """Reserved: compare a fingerprint recorded by the role with this CPU.
+
+    Intended use: the role records the fingerprint of the CPU it probed when it
+    wrote USE_NNPACK; if the service later starts on a different CPU (a resize,
+    a live migration) this returns a one-line warning so the operator re-runs
+    the playbook. Not built yet: always returns None (no opinion).
+    """
+    return None

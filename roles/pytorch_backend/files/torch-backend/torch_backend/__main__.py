@@ -1,0 +1,114 @@
+"""Command line: ``torch-backend [serve]`` and ``torch-backend export-resnet18 DIR``.
+
+Exit codes of ``serve`` (so systemd and the role can tell failures apart):
+0 clean stop, 2 bad configuration, 3 a model failed to load or warm up,
+4 cannot listen on the configured address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import SERVER_NAME, __version__, config, logs, notify
+
+EXIT_CONFIG, EXIT_MODEL, EXIT_LISTEN = 2, 3, 4
+
+
+def serve() -> int:
+    log = logs.setup("INFO")
+    # Configuration first, before the multi-second torch import: a typo in
+    # the environment file fails at once with the variable's name.
+    try:
+        cfg = config.load()
+    except config.ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        notify.notify(f"STATUS=configuration error: {exc}")
+        return EXIT_CONFIG
+    log.setLevel(cfg.log_level)
+
+    import torch  # slow (seconds); numpy is a dependency, so torch does not warn about it
+
+    from . import models, nnpack
+    from .server import App, Service
+
+    # Before any model exists: USE_NNPACK is a build-time switch that stock
+    # wheels ignore, so the run-time flag is the only thing that takes effect.
+    decision = nnpack.decide(cfg.use_nnpack)
+    nnpack.apply(decision)
+    hint = nnpack.check_cpu_fingerprint()
+    if hint:
+        log.warning("%s", hint)
+
+    torch.set_num_threads(cfg.intra_op_threads)
+    torch.set_num_interop_threads(cfg.inter_op_threads)
+    capability = torch.backends.cpu.get_cpu_capability()
+    clamped = f" clamped=[{'; '.join(cfg.clamped)}]" if cfg.clamped else ""
+    log.info("starting %s %s: nnpack=%s torch=%s cpu_capability=%s onednn=%s "
+             "intra_op_threads=%d inter_op_threads=%d workers=%d queue_size=%d cores=%d%s",
+             SERVER_NAME, __version__, decision.describe(), torch.__version__, capability,
+             "available" if torch.backends.mkldnn.is_available() else "unavailable",
+             cfg.intra_op_threads, cfg.inter_op_threads, cfg.workers, cfg.queue_size,
+             cfg.cores, clamped)
+    log.debug("cpu fingerprint: %s", nnpack.cpu_fingerprint())
+
+    service = Service(App(cfg, decision, capability))
+    service.install_signal_handlers()
+    try:
+        service.listen()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", cfg.host, cfg.port, exc)
+        return EXIT_LISTEN
+
+    notify.notify("STATUS=loading models")
+    try:
+        found = models.scan_model_dir(cfg.model_dir)
+        if not os.path.isdir(cfg.model_dir):
+            log.info("model dir %s does not exist: serving built-in models only", cfg.model_dir)
+        loaded = models.builtin_models()
+        for name, pt_path, json_path in found:
+            loaded.append(models.load_file_model(name, pt_path, json_path))
+        for model in loaded:
+            try:
+                model.warm_up()
+            except Exception as exc:  # noqa: BLE001
+                raise models.ModelError(model.name, f"warm-up inference failed: "
+                                                    f"{type(exc).__name__}: {exc}") from None
+            log.info("model %s loaded and warmed (%s)", model.name, model.source)
+    except models.ModelError as exc:
+        log.error("cannot start: %s", exc)
+        notify.notify(f"STATUS=model load failed: {exc}")
+        return EXIT_MODEL
+    service.add_models(loaded)
+    if service.stop.is_set():  # SIGTERM while loading: stop without becoming ready
+        return service.wait_and_drain()
+    service.become_ready()
+    return service.wait_and_drain()
+
+
+def export_resnet18(directory: str, name: str) -> int:
+    from . import resnet
+
+    pt_path, json_path = resnet.export(directory, name)
+    print(f"wrote {pt_path} and {json_path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog=SERVER_NAME, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"{SERVER_NAME} {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the service (the default); configured by environment")
+    export = sub.add_parser("export-resnet18",
+                            help="write a ResNet-18-shaped TorchScript model + metadata to DIR")
+    export.add_argument("directory", metavar="DIR")
+    export.add_argument("--name", default="resnet18", help="model name (default: resnet18)")
+    args = parser.parse_args(argv)
+    if args.command == "export-resnet18":
+        return export_resnet18(args.directory, args.name)
+    return serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

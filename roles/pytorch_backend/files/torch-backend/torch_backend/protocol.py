@@ -1,0 +1,262 @@
+"""Open Inference Protocol (KServe v2) inference requests and responses.
+
+Covers the JSON tensor form and the binary tensor data extension:
+
+* request: a JSON header of ``Inference-Header-Content-Length`` bytes, then the
+  raw little-endian bytes of every input whose ``parameters.binary_data_size``
+  is set, in the order the inputs appear in the header;
+* response: outputs asked for with ``parameters.binary_data`` (or all outputs,
+  with request-level ``parameters.binary_data_output``) are appended as raw
+  bytes after the JSON header, whose length goes into the response header
+  ``Inference-Header-Content-Length``.
+
+Everything a client can get wrong raises ProtocolError with a message meant
+for that client; it becomes a 4xx ``{"error": ...}`` response. This module
+works on numpy arrays only; torch is the worker's business.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .models import Model
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+class ProtocolError(Exception):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class InferRequest:
+    id: Optional[str]
+    arrays: List[np.ndarray]           # one per model input, in model order
+    outputs: List[Tuple[str, bool]]    # (output name, as binary), response order
+
+
+def _reject_constant(name: str):
+    # json accepts NaN/Infinity literals; the protocol (and we) do not.
+    raise ProtocolError(f"non-finite number {name} in request JSON")
+
+
+def _is_int(value) -> bool:
+    return type(value) is int  # bool is an int subclass; a shape of `true` is nonsense
+
+
+def _parameters(obj: dict, where: str) -> dict:
+    params = obj.get("parameters", {})
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"{where}.parameters must be an object")
+    return params
+
+
+def _check_shape(spec, shape, where: str) -> int:
+    """Validate a request shape against the declared one; return the element count."""
+    if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+        raise ProtocolError(f"{where}.shape must be a list of integers")
+    if len(shape) != len(spec.shape):
+        raise ProtocolError(f"{where}.shape {shape} has {len(shape)} dimensions, "
+                            f"model expects {len(spec.shape)} (shape {list(spec.shape)})")
+    for got, want in zip(shape, spec.shape):
+        if got < 1:
+            raise ProtocolError(f"{where}.shape {shape}: dimensions must be >= 1")
+        if want != -1 and got != want:
+            raise ProtocolError(f"{where}.shape {shape} does not match the model's "
+                                f"{list(spec.shape)} (-1 = any size)")
+    return math.prod(shape)
+
+
+def _finite(array: np.ndarray, where: str) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ProtocolError(f"{where}: values must be finite numbers within "
+                            f"the range of the datatype (no NaN/Inf)")
+
+
+def _from_json_data(spec, data, shape, count: int, where: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise ProtocolError(f"{where}.data must be a list (flat or nested to the shape)")
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise ProtocolError(f"{where}.data must be a flat list of numbers or "
+                            f"lists nested exactly to the shape") from None
+    if raw.dtype.kind not in "iuf" or (raw.size and raw.dtype.kind == "f"
+                                        and spec.dtype.kind != "f"):
+        kind = "numbers" if spec.dtype.kind == "f" else "integers"
+        raise ProtocolError(f"{where}.data must contain only {kind} for datatype {spec.datatype}")
+    if raw.ndim != 1 and list(raw.shape) != shape:
+        raise ProtocolError(f"{where}.data is nested as {list(raw.shape)}, which is neither "
+                            f"flat nor the shape {shape}")
+    if raw.size != count:
+        raise ProtocolError(f"{where}: shape {shape} needs {count} values, data has {raw.size}")
+    native = spec.dtype.newbyteorder("=")
+    if native.kind == "i":
+        info = np.iinfo(native)
+        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+            raise ProtocolError(f"{where}.data has values outside the {spec.datatype} range")
+    # Out-of-range floats become inf here and are rejected just below; the
+    # errstate keeps numpy from printing a RuntimeWarning into the journal.
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = raw.astype(native).reshape(shape)
+    _finite(array, where)
+    return array
+
+
+def parse_infer(model: Model, body, header_length: Optional[str]) -> InferRequest:
+    """Parse and validate an infer request body against the model's metadata."""
+    if not body:
+        raise ProtocolError("empty request body; expected an inference request JSON object")
+    view = memoryview(body)
+    if header_length is not None:
+        try:
+            json_len = int(header_length.strip(), 10)
+        except ValueError:
+            raise ProtocolError(f"{HEADER_LENGTH} must be a decimal integer") from None
+        if not 0 < json_len <= len(body):
+            raise ProtocolError(f"{HEADER_LENGTH} {json_len} is outside the body "
+                                f"(body is {len(body)} bytes)")
+        header, binary = view[:json_len], view[json_len:]
+    else:
+        header, binary = view, view[:0]
+
+    try:
+        request = json.loads(bytes(header), parse_constant=_reject_constant)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        detail = str(exc) if len(str(exc)) < 200 else "invalid JSON"
+        raise ProtocolError(f"request is not valid JSON: {detail}") from None
+    if not isinstance(request, dict):
+        raise ProtocolError("request must be a JSON object")
+
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError("id must be a string")
+    params = _parameters(request, "request")
+    all_binary = params.get("binary_data_output", False)
+    if not isinstance(all_binary, bool):
+        raise ProtocolError("parameters.binary_data_output must be true or false")
+
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ProtocolError('"inputs" must be a non-empty list')
+    specs = {s.name: s for s in model.inputs}
+    arrays = {}
+    offset = 0
+    for i, item in enumerate(inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(item, dict):
+            raise ProtocolError(f"{where} must be an object")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError(f"{where}.name must be a string")
+        spec = specs.get(name)
+        if spec is None:
+            raise ProtocolError(f"{where}: model {model.name!r} has no input {name!r} "
+                                f"(inputs: {sorted(specs)})")
+        if name in arrays:
+            raise ProtocolError(f"{where}: input {name!r} given twice")
+        where = f"input {name!r}"
+        if item.get("datatype") != spec.datatype:
+            raise ProtocolError(f"{where}: datatype {item.get('datatype')!r} does not match the "
+                                f"model's {spec.datatype!r}")
+        shape = item.get("shape")
+        count = _check_shape(spec, shape, where)
+
+        size = _parameters(item, where).get("binary_data_size")
+        if size is None:
+            if "data" not in item:
+                raise ProtocolError(f"{where} has neither data nor parameters.binary_data_size")
+            arrays[name] = _from_json_data(spec, item["data"], shape, count, where)
+            continue
+        if header_length is None:
+            raise ProtocolError(f"{where} has binary_data_size but the request has no "
+                                f"{HEADER_LENGTH} header")
+        if "data" in item:
+            raise ProtocolError(f"{where} has both data and binary_data_size")
+        if not _is_int(size) or size < 0:
+            raise ProtocolError(f"{where}.parameters.binary_data_size must be an integer >= 0")
+        needed = count * spec.dtype.itemsize
+        if size != needed:
+            raise ProtocolError(f"{where}: binary_data_size {size} but shape {shape} of "
+                                f"{spec.datatype} needs {needed} bytes")
+        if offset + size > len(binary):
+            raise ProtocolError(f"{where}: binary data ends at byte {offset + size} after the "
+                                f"JSON header, but only {len(binary)} bytes follow it")
+        raw = np.frombuffer(binary, dtype=spec.dtype, count=count, offset=offset)
+        # Copy: the slice may be unaligned, and the request buffer should not
+        # outlive the request inside a tensor.
+        array = raw.astype(spec.dtype.newbyteorder("="), copy=True).reshape(shape)
+        _finite(array, where)
+        arrays[name] = array
+        offset += size
+    if offset != len(binary):
+        raise ProtocolError(f"{len(binary) - offset} bytes after the JSON header are not "
+                            f"claimed by any input's binary_data_size")
+    missing = [s.name for s in model.inputs if s.name not in arrays]
+    if missing:
+        raise ProtocolError(f"missing input(s) {missing} for model {model.name!r}")
+
+    out_names = {s.name for s in model.outputs}
+    wanted = request.get("outputs")
+    if wanted is None:
+        outputs = [(s.name, all_binary) for s in model.outputs]
+    else:
+        if not isinstance(wanted, list) or not wanted:
+            raise ProtocolError('"outputs" must be a non-empty list when given')
+        outputs, seen = [], set()
+        for i, item in enumerate(wanted):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise ProtocolError(f"outputs[{i}] must be an object with a string name")
+            name = item["name"]
+            if name not in out_names:
+                raise ProtocolError(f"outputs[{i}]: model {model.name!r} has no output "
+                                    f"{name!r} (outputs: {sorted(out_names)})")
+            if name in seen:
+                raise ProtocolError(f"outputs[{i}]: output {name!r} requested twice")
+            seen.add(name)
+            binary_flag = _parameters(item, f"outputs[{i}]").get("binary_data", all_binary)
+            if not isinstance(binary_flag, bool):
+                raise ProtocolError(f"outputs[{i}].parameters.binary_data must be true or false")
+            outputs.append((name, binary_flag))
+
+    return InferRequest(request_id, [arrays[s.name] for s in model.inputs], outputs)
+
+
+def encode_infer_response(model: Model, request: InferRequest,
+                          results: Sequence[np.ndarray]) -> Tuple[List[bytes], Optional[int]]:
+    """Body chunks and, when binary outputs are present, the JSON header length."""
+    by_name = {s.name: (s, a) for s, a in zip(model.outputs, results)}
+    entries, blobs = [], []
+    for name, binary in request.outputs:
+        spec, array = by_name[name]
+        entry = {"name": name, "datatype": spec.datatype, "shape": list(array.shape)}
+        if binary:
+            blob = array.astype(spec.dtype, copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise ProtocolError(f"output {name!r} contains NaN or Inf, which JSON cannot "
+                                    f"carry (input values too large for the model?); ask for it "
+                                    f"with parameters.binary_data=true to get the raw values")
+            entry["data"] = array.ravel().tolist()
+        entries.append(entry)
+    response = {"model_name": model.name, "model_version": "1"}
+    if request.id is not None:
+        response["id"] = request.id
+    response["outputs"] = entries
+    header = json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
+    if not blobs:
+        return [header], None
+    return [header] + blobs, len(header)

@@ -1,0 +1,34 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLE = ROOT / "roles" / "pytorch_backend"
+BIN = Path(sys.executable).parent
+
+
+def run_playbook(tmp_path, playbook_text, extra_vars=None, check=False):
+    """Run a playbook against localhost (connection local) and return the completed process."""
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(playbook_text)
+    cmd = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)]
+    if extra_vars is not None:
+        varfile = tmp_path / "vars.json"
+        varfile.write_text(json.dumps(extra_vars))
+        cmd += ["-e", "@" + str(varfile)]
+    if check:
+        cmd.append("--check")
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_NOCOLOR="1", ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_INVENTORY="localhost,")
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+@pytest.fixture
+def playbook(tmp_path):
+    def _run(text, extra_vars=None, check=False):
+        return run_playbook(tmp_path, text, extra_vars, check)
+    return _run

@@ -1,0 +1,84 @@
+"""Rendering of the environment file and the unit from the role's templates.
+
+The NNPACK facts are given (not probed) here: these tests are about what the
+templates and the decision write; the probe has its own tests in tests/module.
+"""
+import pytest
+
+from conftest import ROLE
+
+STATUSES = ["supported", "unsupported_hardware", "cpuinfo_failed", "probe_failed", "torch_missing"]
+
+PLAY = """
+- hosts: localhost
+  gather_facts: false
+  vars_files:
+    - {role}/defaults/main.yml
+    - {role}/vars/main.yml
+  tasks:
+    - name: Give the facts
+      ansible.builtin.set_fact:
+        ansible_facts:
+          nnpack: "{{{{ facts }}}}"
+    - name: Decide as the role does
+      ansible.builtin.set_fact:
+        _pytorch_backend_use_nnpack_off: "{{{{ ansible_facts['nnpack'].available is not sameas true }}}}"
+    - name: Render
+      ansible.builtin.template:
+        src: "{role}/templates/{template}"
+        dest: "{dest}"
+        mode: "0600"
+"""
+
+
+def render(playbook, tmp_path, template, facts, **extra):
+    dest = tmp_path / "out"
+    result = playbook(PLAY.format(role=ROLE, template=template, dest=dest), extra_vars=dict(facts=facts, **extra))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return dest.read_text()
+
+
+def facts(status):
+    return {"status": status, "available": {"supported": True, "unsupported_hardware": False,
+                                            "cpuinfo_failed": False}.get(status),
+            "cpu_model": "Test CPU", "fingerprint": "abcd"}
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_env_file_has_use_nnpack_0_exactly_when_not_supported(playbook, tmp_path, status):
+    text = render(playbook, tmp_path, "torch-backend.env.j2", facts(status))
+    lines = text.splitlines()
+    assert ("USE_NNPACK=0" in lines) == (status != "supported")
+    assert not any(line.startswith("USE_NNPACK=1") for line in lines)
+    assert lines[0].startswith("#") and "Ansible managed" in text
+    assert "TORCH_BACKEND_PORT=8080" in lines and "TORCH_BACKEND_HOST=127.0.0.1" in lines
+
+
+def test_env_file_quotes_extra_env(playbook, tmp_path):
+    text = render(playbook, tmp_path, "torch-backend.env.j2", facts("supported"),
+                  pytorch_backend_extra_env={"OMP_WAIT_POLICY": "passive", "QUOTE_ME": 'a "b" \\c'})
+    assert 'OMP_WAIT_POLICY="passive"' in text.splitlines()
+    assert 'QUOTE_ME="a \\"b\\" \\\\c"' in text.splitlines()
+
+
+def test_env_file_threads_only_when_set(playbook, tmp_path):
+    assert "INTRA_OP" not in render(playbook, tmp_path, "torch-backend.env.j2", facts("supported"))
+    text = render(playbook, tmp_path, "torch-backend.env.j2", facts("supported"), pytorch_backend_intra_op_threads=2)
+    assert "TORCH_BACKEND_INTRA_OP_THREADS=2" in text.splitlines()
+
+
+def test_unit_is_notify_hardened_and_points_at_current(playbook, tmp_path):
+    text = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"))
+    lines = text.splitlines()
+    for expected in ["Type=notify", "User=torch-backend", "Restart=on-failure", "NoNewPrivileges=true",
+                     "ProtectSystem=strict", "EnvironmentFile=/etc/torch-backend/torch-backend.env",
+                     "ExecStart=/opt/torch-backend/current/venv/bin/python -m torch_backend serve",
+                     "IPAddressDeny=any"]:
+        assert expected in lines, expected
+    # oneDNN JIT-compiles kernels and NNPACK's cpuinfo needs /proc/cpuinfo
+    assert "MemoryDenyWriteExecute=true" not in lines and "ProcSubset=pid" not in lines
+
+
+def test_unit_opens_ip_access_when_listening_beyond_loopback(playbook, tmp_path):
+    text = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"), pytorch_backend_host="0.0.0.0")
+    assert "IPAddressDeny=any" not in text

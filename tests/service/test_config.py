@@ -1,0 +1,78 @@
+"""Configuration: defaults, clamping, and bad values failing fast by name."""
+
+import pytest
+
+from conftest import run_service
+from torch_backend import config
+
+
+def test_defaults():
+    cfg = config.load({}, cores=4)
+    assert (cfg.host, cfg.port) == ("127.0.0.1", 8080)
+    assert cfg.model_dir == "/var/lib/torch-backend/models"
+    assert (cfg.workers, cfg.queue_size, cfg.max_body_bytes) == (1, 16, 16 * 1024 * 1024)
+    assert (cfg.intra_op_threads, cfg.inter_op_threads) == (4, 1)
+    assert cfg.log_level == "INFO" and cfg.use_nnpack is None and cfg.clamped == ()
+
+
+def test_intra_default_divides_cores_between_workers():
+    assert config.load({"TORCH_BACKEND_WORKERS": "2"}, cores=4).intra_op_threads == 2
+    assert config.load({"TORCH_BACKEND_WORKERS": "3"}, cores=4).intra_op_threads == 1
+
+
+def test_default_cores_come_from_affinity():
+    import os
+    assert config.load({}).cores == len(os.sched_getaffinity(0))
+
+
+def test_threads_are_clamped_to_cores_and_reported():
+    cfg = config.load({"TORCH_BACKEND_WORKERS": "8", "TORCH_BACKEND_INTRA_OP_THREADS": "16",
+                       "TORCH_BACKEND_INTER_OP_THREADS": "9"}, cores=2)
+    assert (cfg.workers, cfg.intra_op_threads, cfg.inter_op_threads) == (2, 1, 2)
+    assert cfg.workers * cfg.intra_op_threads <= 2
+    assert any("TORCH_BACKEND_INTRA_OP_THREADS 16->1" in c for c in cfg.clamped)
+    assert any("TORCH_BACKEND_WORKERS 8->2" in c for c in cfg.clamped)
+
+
+@pytest.mark.parametrize("value,expected", [(None, None), ("", None), (" ", None),
+                                            ("0", "0"), ("1", "1")])
+def test_use_nnpack_values(value, expected):
+    env = {} if value is None else {"USE_NNPACK": value}
+    assert config.load(env, cores=1).use_nnpack == expected
+
+
+BAD = [
+    ("TORCH_BACKEND_PORT", "http"),
+    ("TORCH_BACKEND_PORT", "70000"),
+    ("TORCH_BACKEND_WORKERS", "0"),
+    ("TORCH_BACKEND_QUEUE_SIZE", "-3"),
+    ("TORCH_BACKEND_MAX_BODY_BYTES", "16M"),
+    ("TORCH_BACKEND_INTRA_OP_THREADS", "0"),
+    ("TORCH_BACKEND_INTER_OP_THREADS", "two"),
+    ("TORCH_BACKEND_LOG_LEVEL", "LOUD"),
+    ("USE_NNPACK", "false"),
+    ("USE_NNPACK", "yes"),
+]
+
+
+@pytest.mark.parametrize("variable,value", BAD)
+def test_bad_value_raises_naming_variable(variable, value):
+    with pytest.raises(config.ConfigError) as info:
+        config.load({variable: value}, cores=2)
+    assert info.value.variable == variable and variable in str(info.value)
+
+
+@pytest.mark.parametrize("variable,value", [BAD[0], BAD[4], BAD[8]])
+def test_service_exits_nonzero_with_one_clear_line(variable, value, tmp_path):
+    rc, stderr = run_service({variable: value}, tmp_path, timeout=60)
+    assert rc == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "configuration error" in lines[0] and variable in lines[0] and repr(value) in lines[0]
+
+
+def test_model_dir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    rc, stderr = run_service({"TORCH_BACKEND_MODEL_DIR": str(path)}, tmp_path, timeout=60)
+    assert rc == 2 and "TORCH_BACKEND_MODEL_DIR" in stderr

@@ -28,7 +28,7 @@ description:
   - The module changes nothing, so it runs fully in check mode.
 version_added: "1.0.0"
 author:
-  - pytorch_backend role contributors
+  - pytorch_backend role maintainers (@pytorch-backend)
 options:
   python:
     description:
@@ -87,7 +87,7 @@ notes:
     so facts of many hosts can be compared and cached by C(nnpack.fingerprint).
 requirements:
   - Python 3.8 or later on the target; C(torch) only in the probed interpreter.
-  - C(timeout) from coreutils is used when present; otherwise the module enforces the timeout itself.
+  - C(timeout) from coreutils is used when present; otherwise a small Python stand-in enforces the timeout.
 seealso:
   - name: PyTorch NNPACK backend flags
     description: C(torch.backends.nnpack.set_flags) with C(False) turns NNPACK off at run time without the warning.
@@ -345,7 +345,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 
@@ -637,40 +636,37 @@ def _resolve(module, name):
     return module.get_bin_path(name)
 
 
-def _popen_with_timeout(cmd, env, timeout):
-    """Fallback runner when coreutils timeout is absent: own process group, killed on timeout."""
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, cwd="/", close_fds=True, start_new_session=True)
-    timed_out = False
+# Stand-in for coreutils `timeout` where it is missing: runs the command in its own process
+# group, kills the whole group at the deadline (exit 124), and passes on the command's exit status
+# or death by signal.
+_TIMEOUT_SCRIPT = r'''
+import os, signal, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:], start_new_session=True)
+try:
+    rc = proc.wait(timeout=float(sys.argv[1]))
+except subprocess.TimeoutExpired:
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        out, err = proc.communicate()
-    return {
-        "rc": proc.returncode,
-        "stdout": out.decode("utf-8", "replace"),
-        "stderr": err.decode("utf-8", "replace"),
-        "duration": time.monotonic() - started,
-        "timed_out": timed_out,
-    }
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    proc.wait()
+    raise SystemExit(124)
+if rc < 0:
+    signal.signal(-rc, signal.SIG_DFL)
+    os.kill(os.getpid(), -rc)
+raise SystemExit(rc)
+'''
 
 
 def run_probe(module, cmd, timeout, env_update):
     """Run cmd with a hard timeout; returns rc, stdout, stderr, duration, timed_out."""
     timeout_bin = module.get_bin_path("timeout")
-    if not timeout_bin:
-        env = dict(os.environ)
-        env.update(env_update)
-        return _popen_with_timeout(cmd, env, timeout)
-    # coreutils timeout runs the probe in its own process group and signals the whole group
-    # (qemu-user and the interpreter alike): TERM at the deadline, KILL 5 s later.
-    full = [timeout_bin, "--kill-after=5", "%ds" % timeout] + cmd
+    if timeout_bin:
+        # coreutils timeout runs the probe in its own process group and signals the whole group
+        # (qemu-user and the interpreter alike): TERM at the deadline, KILL 5 s later.
+        full = [timeout_bin, "--kill-after=5", "%ds" % timeout] + cmd
+    else:
+        full = [sys.executable, "-c", _TIMEOUT_SCRIPT, str(timeout)] + cmd
     started = time.monotonic()
     rc, out, err = module.run_command(full, environ_update=env_update, cwd="/", check_rc=False,
                                       expand_user_and_vars=False, errors="surrogate_then_replace")
@@ -910,8 +906,8 @@ def classify(facts, params, res, rec):
         return
     if rc and rc > 128 and rc - 128 < 65:
         failed("The NNPACK probe with %s exited with status %d (likely killed by %s) %s, so %s; run the "
-               "interpreter by hand to see why." % (python, rc, _signal_name(rc - 128), where,
-                                                     _prediction_clause(facts)))
+               "interpreter by hand to see why."
+               % (python, rc, _signal_name(rc - 128), where, _prediction_clause(facts)))
         return
     if rc:
         last = stderr_tail(res["stderr"], lines=1, limit=200)

@@ -88,6 +88,13 @@ def serve() -> int:
 
 
 def export_resnet18(directory: str, name: str) -> int:
+    # TorchScript writes module constants in Python's string-hash order, which
+    # is randomized per process: with a fixed hash seed the exported bytes
+    # (so the sha256 the role compares) are the same on every run.
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        argv = [sys.executable, "-m", "torch_backend", "export-resnet18", directory, "--name", name]
+        os.execve(sys.executable, argv, env)
     from . import resnet
 
     pt_path, json_path = resnet.export(directory, name)

@@ -23,6 +23,7 @@ It is forked before any thread pool exists (no op has run yet).
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import re
 import select
@@ -67,6 +68,9 @@ def probe(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
         try:
             os.close(read_fd)
             os.dup2(err_file.fileno(), 2)
+            # A crash is reported by its signal number; a faulthandler dump
+            # (python -X faulthandler) could go to a saved copy of stderr.
+            faulthandler.disable()
             status = b"1" if torch.backends.nnpack.is_available() else b"0"
         except BaseException:  # noqa: BLE001 - any failure means "no"
             pass

@@ -94,11 +94,11 @@ def _from_json_data(spec, data, shape, count: int, where: str) -> np.ndarray:
                                         and spec.dtype.kind != "f"):
         kind = "numbers" if spec.dtype.kind == "f" else "integers"
         raise ProtocolError(f"{where}.data must contain only {kind} for datatype {spec.datatype}")
+    if raw.size != count:
+        raise ProtocolError(f"{where}: shape {shape} needs {count} values, data has {raw.size}")
     if raw.ndim != 1 and list(raw.shape) != shape:
         raise ProtocolError(f"{where}.data is nested as {list(raw.shape)}, which is neither "
                             f"flat nor the shape {shape}")
-    if raw.size != count:
-        raise ProtocolError(f"{where}: shape {shape} needs {count} values, data has {raw.size}")
     native = spec.dtype.newbyteorder("=")
     if native.kind == "i":
         info = np.iinfo(native)

@@ -7,6 +7,7 @@ not for predictions. Built here so nothing is downloaded, ever.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -76,7 +77,8 @@ def export(directory: str, name: str = NAME) -> tuple:
 
     Files are written under temporary names and renamed, so a service
     starting meanwhile never sees half a model. The bytes are deterministic
-    for a given torch version, so re-exporting changes nothing.
+    for a given torch version (whatever the name or directory), so
+    re-exporting changes nothing.
     """
     import torch
 
@@ -85,9 +87,13 @@ def export(directory: str, name: str = NAME) -> tuple:
     os.makedirs(directory, exist_ok=True)
     pt_path = os.path.join(directory, name + ".pt")
     json_path = os.path.join(directory, name + ".json")
-    scripted = torch.jit.script(build())
+    # Serialize to memory first: a file name would end up inside the zip
+    # archive, and the bytes (so the sha256) should depend on the model only.
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(build()), buffer)
     tmp_pt = pt_path + ".tmp"
-    torch.jit.save(scripted, tmp_pt)
+    with open(tmp_pt, "wb") as f:
+        f.write(buffer.getbuffer())
     meta = {
         "inputs": [{"name": "input", "datatype": "FP32", "shape": INPUT_SHAPE}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": OUTPUT_SHAPE}],

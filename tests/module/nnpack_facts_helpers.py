@@ -1,0 +1,110 @@
+"""Helpers for the nnpack_facts module tests (fixtures are in conftest.py).
+
+The module is run the way Ansible runs a module directly: ``PYTHON nnpack_facts.py args.json`` with
+``{"ANSIBLE_MODULE_ARGS": {...}}`` in the file, and its stdout is parsed as JSON.
+"""
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LIBRARY = REPO / "roles" / "pytorch_backend" / "library"
+MODULE = LIBRARY / "nnpack_facts.py"
+VENV_BIN = REPO / ".venv" / "bin"
+VENV_PYTHON = VENV_BIN / "python"
+QEMU = shutil.which("qemu-x86_64-static")
+# Interpreters without torch on this machine: Debian's python and the pyenv base of the venv.
+NO_TORCH_PYTHON = "/usr/bin/python3"
+
+NNPACK_TEXT = "Could not initialize NNPACK!"
+
+
+def venv_has_torch():
+    return subprocess.run([str(VENV_PYTHON), "-c", "import importlib.util as u, sys; "
+                           "sys.exit(u.find_spec('torch') is None)"]).returncode == 0
+
+
+needs_torch = pytest.mark.skipif(not venv_has_torch(), reason="torch is not installed in .venv")
+needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-x86_64-static is not installed")
+
+
+class ModuleRun:
+    def __init__(self, proc, elapsed, args):
+        self.rc = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.elapsed = elapsed
+        self.args = args
+        try:
+            self.result = json.loads(proc.stdout)
+        except ValueError:
+            raise AssertionError("module stdout is not one JSON document:\n%s\nstderr:\n%s"
+                                 % (proc.stdout, proc.stderr))
+
+    @property
+    def facts(self):
+        return self.result["ansible_facts"]["nnpack"]
+
+    def __repr__(self):
+        return "ModuleRun(args=%r, rc=%r, elapsed=%.1f)" % (self.args, self.rc, self.elapsed)
+
+
+def run_module(tmp_path, args, module_python=VENV_PYTHON, env=None, check_mode=False):
+    """Run nnpack_facts like Ansible runs a module: arguments file in, JSON out."""
+    module_args = dict(args)
+    if check_mode:
+        module_args["_ansible_check_mode"] = True
+    args_file = Path(tmp_path) / ("args-%d.json" % time.monotonic_ns())
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": module_args}))
+    run_env = dict(os.environ)
+    run_env.pop("PYTHONPATH", None)
+    run_env.update(env or {})
+    started = time.monotonic()
+    proc = subprocess.run([str(module_python), str(MODULE), str(args_file)], capture_output=True, text=True,
+                          env=run_env, timeout=900)
+    return ModuleRun(proc, time.monotonic() - started, module_args)
+
+
+def write_fake_interpreter(directory, name, body):
+    """A shell script standing in for a Python interpreter (crash/hang/garbage cases)."""
+    path = Path(directory) / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return str(path)
+
+
+def make_fakes(module_tmp):
+    """Fake interpreters: each ignores its arguments and misbehaves in one way."""
+    return {
+        "sigkill": write_fake_interpreter(module_tmp, "fake-python-sigkill", "kill -9 $$"),
+        "hang": write_fake_interpreter(module_tmp, "fake-python-hang", "/bin/sleep 600\necho woke up"),
+        "garbage": write_fake_interpreter(
+            module_tmp, "fake-python-garbage",
+            'echo "Python? never heard of it"\necho "@@NNPACK_FACTS@@ {not json"\necho junk >&2'),
+        # Dies (SIGSEGV) while "executing CPUID" unless called with --no-cpuid, then is the real venv python.
+        "cpuid_crash": write_fake_interpreter(
+            module_tmp, "fake-python-cpuid-crash",
+            'for last; do :; done\n'
+            'if [ "$last" = --no-cpuid ]; then exec "%s" "$@"; fi\n'
+            'echo \'@@NNPACK_FACTS@@ {"stage": "procfs", "architecture": "x86_64"}\'\n'
+            'kill -SEGV $$' % VENV_PYTHON),
+    }
+
+
+def assert_no_leak(run):
+    """The NNPACK warning may only appear inside reason and nnpack_message."""
+    facts = dict(run.facts)
+    facts.pop("reason", None)
+    facts.pop("nnpack_message", None)
+    assert NNPACK_TEXT not in json.dumps(facts)
+    rest = dict(run.result)
+    rest.pop("ansible_facts")
+    assert NNPACK_TEXT not in json.dumps(rest)
+    assert NNPACK_TEXT not in run.stderr

@@ -163,6 +163,9 @@ def run_service(env, tmp_dir, timeout=120):
 
 # --- models written by the tests ----------------------------------------------
 
+SLOW_SERVER_ENV = {"TORCH_BACKEND_INTRA_OP_THREADS": "1"}
+
+
 def write_slow_model(directory, name="slow", base_loops=0, sha256=True):
     """A TorchScript model whose run time the caller controls.
 
@@ -205,14 +208,21 @@ def slow_loops_per_second(tmp_path_factory):
     """How many slow-model loops this machine runs per second (measured)."""
     import torch
 
+    # One thread, like the servers that run the slow model (SLOW_SERVER_ENV):
+    # many tiny multi-threaded matmuls are erratic on a busy machine.
     directory = tmp_path_factory.mktemp("calibrate")
     model = torch.jit.load(str(write_slow_model(directory)))
     x = torch.tensor([[200.0]])
-    with torch.inference_mode():
-        model(torch.tensor([[5.0]]))
-        start = time.perf_counter()
-        model(x)
-        elapsed = time.perf_counter() - start
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            model(torch.tensor([[5.0]]))
+            start = time.perf_counter()
+            model(x)
+            elapsed = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
     return 200 / max(elapsed, 1e-4)
 
 

@@ -102,13 +102,13 @@ def test_sd_notify_ready_was_sent(server, notify_socket):
 
 def test_startup_line_and_clean_stderr(server):
     text = server.stderr
-    (line,) = [l for l in text.splitlines() if "starting torch-backend" in l]
+    (line,) = [ln for ln in text.splitlines() if "starting torch-backend" in ln]
     for part in ("nnpack=", "(auto:", "torch=2.", "cpu_capability=", "onednn=",
                  "intra_op_threads=", "inter_op_threads=", "workers="):
         assert part in line
     # Only our own one-line log records: no Python/C++ warnings, no tracebacks.
-    for l in text.splitlines():
-        assert re.match(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) torch_backend", l), l
+    for ln in text.splitlines():
+        assert re.match(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) torch_backend", ln), ln
     assert NNPACK_WARNING not in text
 
 
@@ -337,7 +337,7 @@ def _resources(pid):
     fds = len(os.listdir(f"/proc/{pid}/fd"))
     threads = len(os.listdir(f"/proc/{pid}/task"))
     with open(f"/proc/{pid}/status") as f:
-        rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        rss = next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
     return fds, threads, rss
 
 

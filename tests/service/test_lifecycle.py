@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import ServerProcess, drain_datagrams, write_slow_model
+from conftest import SLOW_SERVER_ENV, ServerProcess, drain_datagrams, write_slow_model
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,8 @@ def wait_metric(server, name, value, timeout=20.0):
 @pytest.fixture
 def slow_server(tmp_path):
     write_slow_model(tmp_path / "models")
-    srv = ServerProcess(tmp_path, {"TORCH_BACKEND_MODEL_DIR": str(tmp_path / "models"),
+    srv = ServerProcess(tmp_path, {**SLOW_SERVER_ENV,
+                                   "TORCH_BACKEND_MODEL_DIR": str(tmp_path / "models"),
                                    "TORCH_BACKEND_WORKERS": "1",
                                    "TORCH_BACKEND_QUEUE_SIZE": "1"}).start()
     srv.wait_ready()
@@ -41,7 +42,7 @@ def slow_server(tmp_path):
 def test_full_queue_answers_503_quickly(slow_server, slow_loops_per_second):
     srv = slow_server
     results = {}
-    long_loops = int(3.0 * slow_loops_per_second)
+    long_loops = int(1.5 * slow_loops_per_second)
     a = threading.Thread(target=slow_request, args=(srv, long_loops, results, "a"))
     a.start()
     wait_metric(srv, "torch_backend_inference_in_progress", 1)
@@ -73,7 +74,8 @@ def test_sigterm_drains_in_flight_request(tmp_path, slow_loops_per_second):
     sock.bind(str(notify_path))
     sock.settimeout(0.0)
     write_slow_model(tmp_path / "models")
-    srv = ServerProcess(tmp_path, {"TORCH_BACKEND_MODEL_DIR": str(tmp_path / "models"),
+    srv = ServerProcess(tmp_path, {**SLOW_SERVER_ENV,
+                                   "TORCH_BACKEND_MODEL_DIR": str(tmp_path / "models"),
                                    "NOTIFY_SOCKET": str(notify_path)}).start()
     try:
         srv.wait_ready()
@@ -82,7 +84,7 @@ def test_sigterm_drains_in_flight_request(tmp_path, slow_loops_per_second):
         assert any("STATUS=ready" in m for m in messages), messages
 
         results = {}
-        loops = int(2.0 * slow_loops_per_second)
+        loops = int(1.5 * slow_loops_per_second)
         t = threading.Thread(target=slow_request, args=(srv, loops, results, "a"))
         t.start()
         wait_metric(srv, "torch_backend_inference_in_progress", 1)
@@ -104,9 +106,10 @@ def test_sigterm_drains_in_flight_request(tmp_path, slow_loops_per_second):
 
 
 def test_not_ready_while_loading(tmp_path, slow_loops_per_second):
-    # A model whose warm-up takes ~3 s: the server listens, but is not ready.
-    write_slow_model(tmp_path / "models", base_loops=int(3.0 * slow_loops_per_second))
-    srv = ServerProcess(tmp_path, {"TORCH_BACKEND_MODEL_DIR": str(tmp_path / "models")}).start()
+    # A model whose warm-up takes ~2 s: the server listens, but is not ready.
+    write_slow_model(tmp_path / "models", base_loops=int(2.0 * slow_loops_per_second))
+    env = {**SLOW_SERVER_ENV, "TORCH_BACKEND_MODEL_DIR": str(tmp_path / "models")}
+    srv = ServerProcess(tmp_path, env).start()
     try:
         srv.wait_listening()
         assert srv.get_json("/v2/health/live")[0] == 200
@@ -117,5 +120,20 @@ def test_not_ready_while_loading(tmp_path, slow_loops_per_second):
         srv.wait_ready()
         assert srv.get_json("/v2/models/slow/ready")[0] == 200
         assert srv.terminate() == 0
+    finally:
+        srv.kill()
+
+
+def test_sigterm_while_loading_exits_cleanly_without_becoming_ready(tmp_path,
+                                                                    slow_loops_per_second):
+    write_slow_model(tmp_path / "models", base_loops=int(1.5 * slow_loops_per_second))
+    env = {**SLOW_SERVER_ENV, "TORCH_BACKEND_MODEL_DIR": str(tmp_path / "models")}
+    srv = ServerProcess(tmp_path, env).start()
+    try:
+        srv.wait_listening()
+        assert srv.get_json("/v2/health/ready")[0] == 503
+        srv.proc.send_signal(15)
+        assert srv.proc.wait(60) == 0, srv.stderr
+        assert "ready:" not in srv.stderr and "stopped" in srv.stderr
     finally:
         srv.kill()

@@ -67,7 +67,7 @@ def test_broken_model_dir_refuses_to_start(tmp_path, case):
         expect = "reserved"
     rc, stderr = run_service({"TORCH_BACKEND_MODEL_DIR": str(models)}, tmp_path)
     assert rc == 3, stderr
-    errors = [l for l in stderr.splitlines() if l.startswith("ERROR")]
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("ERROR")]
     assert len(errors) == 1 and expect in errors[0], stderr
 
 

@@ -3,8 +3,6 @@
 import os
 import signal
 
-import pytest
-
 from torch_backend import nnpack
 
 

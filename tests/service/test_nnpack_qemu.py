@@ -51,7 +51,7 @@ def run_emulated(tmp_path, use_nnpack):
 
 
 def startup_line(stderr):
-    (line,) = [l for l in stderr.splitlines() if "starting torch-backend" in l]
+    (line,) = [ln for ln in stderr.splitlines() if "starting torch-backend" in ln]
     return line
 
 

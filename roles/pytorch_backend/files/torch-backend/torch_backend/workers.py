@@ -65,6 +65,10 @@ class WorkerPool:
                     self._busy -= 1
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Let the workers finish what they hold, then end them (a no-op when
+        never started, e.g. SIGTERM while models were still loading)."""
+        if not any(t.is_alive() for t in self._threads):
+            return
         for _ in self._threads:
             try:
                 self._queue.put(None, timeout=timeout)

@@ -8,6 +8,7 @@ Exit codes of ``serve`` (so systemd and the role can tell failures apart):
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -30,30 +31,36 @@ def serve() -> int:
 
     import torch  # slow (seconds); numpy is a dependency, so torch does not warn about it
 
-    from . import models, nnpack
+    from . import drift, models, nnpack
     from .server import App, Service
 
+    # Is this the CPU the role decided USE_NNPACK for? (Reads /proc/cpuinfo and
+    # torch's CPU capability only: NNPACK is not touched.)
+    cpu_drift = drift.check(cfg.cpu_record)
+    if cpu_drift.detected is None:
+        log.warning("%s", cpu_drift.error_line())
     # Before any model exists: USE_NNPACK is a build-time switch that stock
     # wheels ignore, so the run-time flag is the only thing that takes effect.
-    decision = nnpack.decide(cfg.use_nnpack)
+    # On drift, USE_NNPACK was decided for another CPU: the probe decides.
+    decision = drift.decide_nnpack(cpu_drift, cfg.use_nnpack)
     nnpack.apply(decision)
-    hint = nnpack.check_cpu_fingerprint()
-    if hint:
-        log.warning("%s", hint)
+    if cpu_drift.detected:
+        log.warning("%s", cpu_drift.drift_line(decision))
 
     torch.set_num_threads(cfg.intra_op_threads)
     torch.set_num_interop_threads(cfg.inter_op_threads)
     capability = torch.backends.cpu.get_cpu_capability()
     clamped = f" clamped=[{'; '.join(cfg.clamped)}]" if cfg.clamped else ""
-    log.info("starting %s %s: nnpack=%s torch=%s cpu_capability=%s onednn=%s "
+    log.info("starting %s %s: nnpack=%s torch=%s cpu_capability=%s onednn=%s cpu_drift=%s "
              "intra_op_threads=%d inter_op_threads=%d workers=%d queue_size=%d cores=%d%s",
              SERVER_NAME, __version__, decision.describe(), torch.__version__, capability,
              "available" if torch.backends.mkldnn.is_available() else "unavailable",
-             cfg.intra_op_threads, cfg.inter_op_threads, cfg.workers, cfg.queue_size,
-             cfg.cores, clamped)
-    log.debug("cpu fingerprint: %s", nnpack.cpu_fingerprint())
+             cpu_drift.word(), cfg.intra_op_threads, cfg.inter_op_threads, cfg.workers,
+             cfg.queue_size, cfg.cores, clamped)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("cpu now: %s", cpu_drift.current or drift.current_cpu())
 
-    service = Service(App(cfg, decision, capability))
+    service = Service(App(cfg, decision, capability, cpu_drift))
     service.install_signal_handlers()
     try:
         service.listen()

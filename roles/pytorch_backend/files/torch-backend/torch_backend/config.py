@@ -16,6 +16,8 @@ Variables (defaults in brackets):
     TORCH_BACKEND_INTER_OP_THREADS  [1]
     TORCH_BACKEND_LOG_LEVEL         [INFO]
     USE_NNPACK                      "0" off, "1" on, unset/empty = probe at start-up
+    TORCH_BACKEND_CPU_RECORD        [unset]  the role's CPU record (JSON); unset = no drift check
+                                    (read at start-up; an unusable file is a warning, not an error)
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Config:
     log_level: str = "INFO"
     # None = unset/empty: decide by probing; otherwise "0" or "1".
     use_nnpack: Optional[str] = None
+    # Path of the role's CPU record (drift guard); None = no drift check.
+    cpu_record: Optional[str] = None
     cores: int = 1
     # Human-readable notes on values that were lowered to fit the cores.
     clamped: tuple = field(default_factory=tuple)
@@ -116,6 +120,8 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
         raise ConfigError("USE_NNPACK", env["USE_NNPACK"],
                           'must be "0" (disable), "1" (enable) or empty/unset (probe at start-up)')
 
+    cpu_record = _get(env, "TORCH_BACKEND_CPU_RECORD")
+
     # Each worker runs its own intra-op thread team, so workers x intra is the
     # number of threads computing at once. More than the cores only adds
     # context switches and cache thrashing: clamp, and say so at start-up.
@@ -134,4 +140,4 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
     return Config(host=host, port=port, model_dir=model_dir, workers=workers,
                   queue_size=queue_size, max_body_bytes=max_body,
                   intra_op_threads=intra, inter_op_threads=inter, log_level=level,
-                  use_nnpack=use_nnpack, cores=cores, clamped=tuple(clamped))
+                  use_nnpack=use_nnpack, cpu_record=cpu_record, cores=cores, clamped=tuple(clamped))

@@ -41,7 +41,9 @@ _REASON_RE = re.compile(r"Could not initialize NNPACK! Reason: ([^\r\n]*)")
 @dataclass(frozen=True)
 class Decision:
     enabled: bool
-    decided_by: str  # "env" (USE_NNPACK was set) or "auto" (probed)
+    # "env" (USE_NNPACK was set), "auto" (probed) or "drift" (probed because
+    # the CPU differs from the role's record: see drift.py)
+    decided_by: str
     reason: str      # human-readable, goes into the start-up line and /v2
 
     def describe(self) -> str:
@@ -135,46 +137,3 @@ def enabled_in_torch() -> bool:
     import torch
 
     return bool(torch._C._get_nnpack_enabled())
-
-
-# --- hook for a later feature -------------------------------------------------
-
-def cpu_fingerprint() -> dict:
-    """A cheap description of the CPU, for comparing against a recorded one.
-
-    Only reads /proc/cpuinfo and torch's CPU capability: none of this can
-    trigger the NNPACK warning.
-    """
-    info = {"model_name": "", "flags": []}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not info["model_name"]:
-                    info["model_name"] = value.strip()
-                elif key == "flags" and not info["flags"]:
-                    wanted = {"avx", "avx2", "fma", "avx512f", "hypervisor"}
-                    info["flags"] = sorted(wanted.intersection(value.split()))
-                if info["model_name"] and info["flags"]:
-                    break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    except Exception:  # noqa: BLE001 - a fingerprint must never stop start-up
-        info["cpu_capability"] = "unknown"
-    return info
-
-
-def check_cpu_fingerprint(recorded_path: Optional[str] = None) -> Optional[str]:
-    """Reserved: compare a fingerprint recorded by the role with this CPU.
-
-    Intended use: the role records the fingerprint of the CPU it probed when it
-    wrote USE_NNPACK; if the service later starts on a different CPU (a resize,
-    a live migration) this returns a one-line warning so the operator re-runs
-    the playbook. Not built yet: always returns None (no opinion).
-    """
-    return None

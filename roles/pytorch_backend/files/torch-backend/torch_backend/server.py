@@ -5,7 +5,7 @@ in the bounded WorkerPool. Routes (Open Inference Protocol, KServe v2):
 
     GET  /v2/health/live            200 while the process runs
     GET  /v2/health/ready           200 once models are loaded and warmed, else 503
-    GET  /v2                        server metadata (+ "nnpack")
+    GET  /v2                        server metadata (+ "nnpack", "cpu_drift")
     GET  /v2/models/{name}          model metadata
     GET  /v2/models/{name}/ready    200 / 503 / 404
     POST /v2/models/{name}/infer    JSON or binary tensor data
@@ -26,6 +26,7 @@ from typing import Dict, Iterable, Optional
 from urllib.parse import unquote
 
 from . import SERVER_NAME, __version__, logs, notify
+from .drift import DriftReport
 from .metrics import Metrics
 from .models import Model
 from .nnpack import Decision
@@ -42,10 +43,12 @@ IDLE_TIMEOUT_S = 60.0  # keep-alive connections idle longer than this are closed
 class App:
     """State shared by all connections."""
 
-    def __init__(self, config, decision: Decision, cpu_capability: str):
+    def __init__(self, config, decision: Decision, cpu_capability: str,
+                 cpu_drift: Optional[DriftReport] = None):
         self.config = config
         self.decision = decision
         self.cpu_capability = cpu_capability
+        self.cpu_drift = cpu_drift if cpu_drift is not None else DriftReport(detected=False)
         self.models: Dict[str, Model] = {}
         self.ready = False
         self.draining = False
@@ -60,6 +63,9 @@ class App:
                 self.pool.busy)
         m.gauge("torch_backend_nnpack_enabled", "1 if NNPACK is enabled in torch, else 0.",
                 lambda: 1 if decision.enabled else 0)
+        m.gauge("torch_backend_cpu_drift",
+                "1 if the CPU differs from the one the last deploy recorded, else 0.",
+                lambda: 1 if self.cpu_drift.detected else 0)
         m.gauge("torch_backend_ready", "1 when models are loaded and warmed.",
                 lambda: 1 if self.ready else 0)
 
@@ -72,6 +78,7 @@ class App:
                        "decided_by": self.decision.decided_by,
                        "reason": self.decision.reason,
                        "cpu_capability": self.cpu_capability},
+            "cpu_drift": self.cpu_drift.metadata(),
         }
 
     def begin(self) -> None:

@@ -67,9 +67,3 @@ def test_apply_disables_torch_flag():
         assert nnpack.enabled_in_torch() is False
     finally:
         torch.backends.nnpack.set_flags(before)
-
-
-def test_fingerprint_hook_is_inert():
-    fp = nnpack.cpu_fingerprint()
-    assert set(fp) >= {"model_name", "flags", "cpu_capability"}
-    assert nnpack.check_cpu_fingerprint("/nonexistent") is None

@@ -45,7 +45,7 @@ def serve() -> int:
     decision = drift.decide_nnpack(cpu_drift, cfg.use_nnpack)
     nnpack.apply(decision)
     if cpu_drift.detected:
-        log.warning("%s", cpu_drift.drift_line(decision))
+        log.warning("%s", cpu_drift.drift_line(decision, cfg.use_nnpack))
 
     torch.set_num_threads(cfg.intra_op_threads)
     torch.set_num_interop_threads(cfg.inter_op_threads)

@@ -212,15 +212,16 @@ class DriftReport:
                 f"(TORCH_BACKEND_CPU_RECORD): {self.error}; USE_NNPACK from the environment "
                 f"is obeyed as is")
 
-    def drift_line(self, decision: Decision) -> str:
-        """The one WARNING line logged on drift."""
+    def drift_line(self, decision: Decision, env_use_nnpack: Optional[str] = None) -> str:
+        """The one WARNING line logged on drift: old CPU and verdict, new CPU and verdict."""
         old = recorded_cpu(self.recorded) or "unknown CPU"
         new = recorded_cpu(self.current) or "unknown CPU"
         changes = ", ".join(_describe_difference(d) for d in self.differences)
+        env = f"USE_NNPACK={env_use_nnpack}" if env_use_nnpack else "USE_NNPACK (unset)"
         state = "enabled" if decision.enabled else "disabled"
-        return (f"CPU drift: recorded CPU {old!r} ({self.recorded_verdict()}) but running on "
-                f"{new!r} ({changes}); USE_NNPACK from the environment ignored, decided for "
-                f"this CPU: NNPACK {state} ({decision.reason}); {PERMANENT}")
+        return (f"CPU drift: recorded CPU {old!r} ({self.recorded_verdict()}), running on "
+                f"{new!r} (changed: {changes}); ignoring {env} from the environment: NNPACK "
+                f"{state} for this CPU ({decision.reason}); {PERMANENT}")
 
 
 def check(path: Optional[str], current: Optional[dict] = None,

@@ -18,7 +18,7 @@ from torch_backend import drift, nnpack, selftest
 NEHALEM_RECORD = {
     "fingerprint": "305b35c0b213a2bb",
     "cpu_model": "Intel Core i7 9xx (Nehalem Class Core i7)",
-    "cpu_flags": {"avx": False, "avx2": False, "fma": False, "avx512f": False},
+    "cpu_flags": {"avx": True, "avx2": False, "fma": False, "avx512f": False},
     "cpu_capability": "DEFAULT", "status": "unsupported_hardware", "available": False,
     "use_nnpack": "0",
 }

@@ -17,6 +17,8 @@ FIRST_INSTALL_TASK = "Create the service group"
 BAD = [
     ("pytorch_backend_port", 80, "pytorch_backend_port"),
     ("pytorch_backend_port", "eighty", "pytorch_backend_port"),
+    ("pytorch_backend_candidate_port", 8080, "pytorch_backend_candidate_port"),
+    ("pytorch_backend_candidate_port", 70000, "pytorch_backend_candidate_port"),
     ("pytorch_backend_workers", 0, "pytorch_backend_workers"),
     ("pytorch_backend_intra_op_threads", -1, "pytorch_backend_intra_op_threads"),
     ("pytorch_backend_inter_op_threads", 0, "pytorch_backend_inter_op_threads"),

@@ -82,3 +82,26 @@ def test_unit_is_notify_hardened_and_points_at_current(playbook, tmp_path):
 def test_unit_opens_ip_access_when_listening_beyond_loopback(playbook, tmp_path):
     text = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"), pytorch_backend_host="0.0.0.0")
     assert "IPAddressDeny=any" not in text
+
+
+HARDENING_PREFIXES = ("NoNewPrivileges=", "CapabilityBoundingSet=", "Private", "Protect", "Restrict", "SystemCall",
+                      "IPAddress", "User=", "Group=", "UMask=", "LockPersonality=", "RemoveIPC=", "DevicePolicy=")
+
+
+def test_candidate_unit_is_as_hardened_runs_the_release_on_loopback_and_never_restarts(playbook, tmp_path):
+    main = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"), pytorch_backend_host="0.0.0.0")
+    candidate = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"), pytorch_backend_host="0.0.0.0",
+                       _pb_candidate=True, _pytorch_backend_release="/opt/torch-backend/releases/r1",
+                       _pytorch_backend_release_id="r1")
+    main_lines, lines = main.splitlines(), candidate.splitlines()
+    exec_start = [line for line in lines if line.startswith("ExecStart=")]
+    assert exec_start == ["ExecStart=/usr/bin/env TORCH_BACKEND_HOST=127.0.0.1 TORCH_BACKEND_PORT=8081 "
+                          "TORCH_BACKEND_MODEL_DIR=/opt/torch-backend/releases/r1/models "
+                          "TORCH_BACKEND_CPU_RECORD=/run/torch-backend-candidate/cpu-record.json "
+                          "/opt/torch-backend/releases/r1/venv/bin/python -m torch_backend serve"]
+    assert "EnvironmentFile=/run/torch-backend-candidate/env" in lines
+    assert "Restart=no" in lines and "[Install]" not in lines and "Type=notify" in lines
+    # loopback only even when the serving unit listens beyond it
+    assert "IPAddressDeny=any" in lines and "IPAddressDeny=any" not in main_lines
+    hardening = {line for line in main_lines if line.startswith(HARDENING_PREFIXES)}
+    assert hardening and hardening <= set(lines)

@@ -50,7 +50,10 @@ options:
     type: int
     default: 5
   ready_timeout:
-    description: Seconds to wait for readiness.
+    description:
+      - Seconds to wait for readiness.
+      - When O(unit) is set the wait ends early once systemd reports the unit failed, inactive or
+        restarted after a crash, and the service's last error line is added to O(problems).
     type: int
     default: 600
   unit:
@@ -122,9 +125,19 @@ def _get_json(url, timeout=10):
     return response.getcode(), json.loads(response.read() or b'null')
 
 
-def _wait_ready(base, timeout):
+def _unit_state(module, unit):
+    rc, out, _err = module.run_command(['systemctl', 'show', '--property=ActiveState,Result,NRestarts', unit],
+                                       environ_update={'LC_ALL': 'C'})
+    if rc != 0:
+        return {}
+    return dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
+
+
+def _wait_ready(module, base, timeout, unit):
+    """Poll readiness; give up early when systemd says the unit died, instead of waiting out the timeout."""
     start = time.monotonic()
     last = 'no answer'
+    restarts = _unit_state(module, unit).get('NRestarts') if unit else None
     while time.monotonic() - start < timeout:
         try:
             code, _body = _get_json(base + '/v2/health/ready', timeout=5)
@@ -133,6 +146,13 @@ def _wait_ready(base, timeout):
             last = 'HTTP %s' % code
         except Exception as exc:  # connection refused while starting, 503 while warming
             last = str(exc)
+        if unit:
+            state = _unit_state(module, unit)
+            if state.get('ActiveState') in ('failed', 'inactive'):
+                return False, time.monotonic() - start, '%s is %s (%s)' % (unit, state['ActiveState'], state.get('Result'))
+            if restarts is not None and state.get('NRestarts', restarts) != restarts:
+                return False, time.monotonic() - start, '%s exited during start and systemd restarted it (%s)' % (
+                    unit, state.get('Result'))
         time.sleep(1)
     return False, time.monotonic() - start, last
 
@@ -169,12 +189,14 @@ def _journal(module, unit, pattern):
                                       environ_update={'LC_ALL': 'C'})
     invocation = out.strip()
     if rc != 0 or not invocation:
-        return None, None, 'could not read the InvocationID of %s: %s' % (unit, (err or out).strip())
+        return None, None, 'could not read the InvocationID of %s: %s' % (unit, (err or out).strip()), None
     rc, out, err = module.run_command(['journalctl', '--no-pager', '-o', 'cat', '_SYSTEMD_INVOCATION_ID=' + invocation],
                                       environ_update={'LC_ALL': 'C'})
     if rc != 0:
-        return invocation, None, 'could not read the journal of %s: %s' % (unit, err.strip())
-    return invocation, sum(1 for line in out.splitlines() if pattern in line), None
+        return invocation, None, 'could not read the journal of %s: %s' % (unit, err.strip()), None
+    lines = out.splitlines()
+    errors = [line for line in lines if 'ERROR' in line or 'Traceback' in line]
+    return invocation, sum(1 for line in lines if pattern in line), None, (errors or [None])[-1]
 
 
 def main():
@@ -202,10 +224,10 @@ def main():
 
     base = p['url'].rstrip('/')
     problems = result['problems']
-    ready, waited, last = _wait_ready(base, p['ready_timeout'])
+    ready, waited, last = _wait_ready(module, base, p['ready_timeout'], p['unit'])
     result['ready_after'] = round(waited, 2)
     if not ready:
-        problems.append('service not ready after %d s (last answer: %s)' % (p['ready_timeout'], last))
+        problems.append('service not ready after %d s (%s)' % (waited, last))
     else:
         try:
             result['server'] = _get_json(base + '/v2')[1]
@@ -226,11 +248,13 @@ def main():
             problems.append('inference through %s failed: %s' % (base, exc))
 
     if p['unit']:
-        invocation, lines, error = _journal(module, p['unit'], p['warning_pattern'])
+        invocation, lines, error, last_error = _journal(module, p['unit'], p['warning_pattern'])
         result['invocation_id'] = invocation
         result['warning_lines'] = lines
         if error:
             problems.append(error)
+        elif not ready and last_error:
+            problems.append('its last error: %s' % last_error.strip()[:300])
         elif lines:
             problems.append('%d "%s" lines in the journal since the service started' % (lines, p['warning_pattern']))
 

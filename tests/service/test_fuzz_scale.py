@@ -34,3 +34,7 @@ def test_fuzz_service_10000_requests(tmp_path):
     # The server's own log: started, served, stopped cleanly.
     stderr = log.read_text()
     assert "ready: 1 model(s): conv2d-selftest" in stderr and "stopped" in stderr, stderr[-3000:]
+    # Clients that reset mid-request are part of the run: no traceback reaches the log,
+    # and no keep-alive connection is closed without "Connection: close".
+    assert "client-abort" in out and "Traceback" not in stderr, stderr[-3000:]
+    assert "keep-alive connection(s) after answering without" not in out, tail

@@ -19,6 +19,7 @@ import re
 import signal
 import socket
 import socketserver
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -148,6 +149,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(sum(len(c) for c in chunks)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        # A body left unread is still in the socket: this connection cannot carry
+        # another request, so say so now rather than close it without warning.
+        if not getattr(self, "_body_read", True) and \
+                self.headers.get("Content-Length", "0").strip() not in ("", "0"):
+            self.close_connection = True
         if self.close_connection or self.app.draining:
             self.close_connection = True
             self.send_header("Connection", "close")
@@ -334,6 +340,15 @@ class Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.app = app
         super().__init__((host, port), Handler)
+
+    def handle_error(self, request, client_address):
+        # socketserver prints a multi-line traceback to stderr; a client that hangs up
+        # is routine (DEBUG), anything else is logged through the one-line formatter.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
+            log.debug("connection from %s ended: %s: %s", client_address[0], type(exc).__name__, exc)
+        else:
+            log.exception("error on the connection from %s", client_address[0])
 
     def server_bind(self):
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn), which can

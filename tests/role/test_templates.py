@@ -20,9 +20,8 @@ PLAY = """
       ansible.builtin.set_fact:
         ansible_facts:
           nnpack: "{{{{ facts }}}}"
-    - name: Decide as the role does
-      ansible.builtin.set_fact:
-        _pytorch_backend_use_nnpack_off: "{{{{ ansible_facts['nnpack'].available is not sameas true }}}}"
+    - name: Decide as the role does (its own decide.yml)
+      ansible.builtin.include_tasks: {role}/tasks/decide.yml
     - name: Render
       ansible.builtin.template:
         src: "{role}/templates/{template}"
@@ -30,10 +29,13 @@ PLAY = """
         mode: "0600"
 """
 
+# What the host-state read and the probe step give decide.yml on a host with no record yet.
+FRESH_HOST = {"_pytorch_backend_state": {"contentstate": ""}, "_pytorch_backend_probe_python": "/venv/bin/python"}
+
 
 def render(playbook, tmp_path, template, facts, **extra):
     dest = tmp_path / "out"
-    result = playbook(PLAY.format(role=ROLE, template=template, dest=dest), extra_vars=dict(facts=facts, **extra))
+    result = playbook(PLAY.format(role=ROLE, template=template, dest=dest), extra_vars=dict(FRESH_HOST, facts=facts, **extra))
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return dest.read_text()
 
@@ -41,7 +43,9 @@ def render(playbook, tmp_path, template, facts, **extra):
 def facts(status):
     return {"status": status, "available": {"supported": True, "unsupported_hardware": False,
                                             "cpuinfo_failed": False}.get(status),
-            "cpu_model": "Test CPU", "fingerprint": "abcd"}
+            "predicted_available": status == "supported",
+            "cpu_model": "Test CPU", "fingerprint": "abcd", "torch_cpu_capability": "AVX2", "reason": "test",
+            "cpu_flags": {"avx2": status == "supported", "fma": status == "supported"}, "cache_enumerated": True}
 
 
 @pytest.mark.parametrize("status", STATUSES)

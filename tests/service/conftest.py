@@ -19,7 +19,9 @@ import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
+import sysconfig  # noqa: E402
 import time  # noqa: E402
+import venv  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -29,9 +31,22 @@ PKG_DIR = REPO / "roles" / "pytorch_backend" / "files" / "torch-backend"
 if str(PKG_DIR) not in sys.path:
     sys.path.insert(0, str(PKG_DIR))
 
+# This module as imported by pytest. Test modules here do `from conftest import ...`;
+# when one pytest run also collects tests/role (whose conftest is a module named
+# `conftest` too, loaded after this one), sys.modules["conftest"] is that one: put
+# this one back before each test module of this directory is imported.
+_THIS_CONFTEST = sys.modules[__name__]
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    sys.modules["conftest"] = _THIS_CONFTEST
+
+
 LISTEN_RE = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 NNPACK_WARNING = "Could not initialize NNPACK"
 SELFTEST_INFER = "/v2/models/conv2d-selftest/infer"
+# What the shared server is started with, as the deploy writes it into the environment file.
+SERVER_CONFIG_DIGEST = "0123456789abcdef"
 
 
 def service_env(**overrides):
@@ -57,8 +72,9 @@ def service_env(**overrides):
 class ServerProcess:
     """A real `python -m torch_backend serve` subprocess on 127.0.0.1."""
 
-    def __init__(self, tmp_dir, env=None, wrapper=(), name="server"):
+    def __init__(self, tmp_dir, env=None, wrapper=(), name="server", python=None):
         self.tmp_dir = Path(tmp_dir)
+        self.python = str(python or sys.executable)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.stderr_path = self.tmp_dir / f"{name}.stderr"
         self.env = service_env(**(env or {}))
@@ -69,7 +85,7 @@ class ServerProcess:
     def start(self):
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
-            self.wrapper + [sys.executable, "-m", "torch_backend", "serve"],
+            self.wrapper + [self.python, "-m", "torch_backend", "serve"],
             env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=self._stderr, cwd=self.tmp_dir)
         return self
@@ -159,6 +175,30 @@ def run_service(env, tmp_dir, timeout=120):
                           env=service_env(**env), stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout, cwd=tmp_dir)
     return proc.returncode, proc.stderr
+
+
+def make_release(base, release_id, complete=True):
+    """A release laid out as the role does it: BASE/releases/ID/venv (a real venv, whose
+    python sees this controller's packages through a .pth file), BASE/releases/ID/.complete
+    when `complete`; returns the release directory. The service package itself still
+    comes from PYTHONPATH (service_env)."""
+    release = Path(base) / "releases" / release_id
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(str(release / "venv"))
+    (site_packages,) = (release / "venv" / "lib").glob("python*/site-packages")
+    (site_packages / "controller.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    if complete:
+        (release / ".complete").write_text(json.dumps({"release": release_id, "runtime": "test"}, indent=4) + "\n")
+    return release
+
+
+def point_current(base, release_id):
+    """Switch BASE/current to releases/ID atomically (a relative symlink renamed over it)."""
+    tmp = Path(base) / ".current.tmp"
+    if tmp.is_symlink():
+        tmp.unlink()
+    os.symlink(os.path.join("releases", release_id), tmp)
+    os.replace(tmp, Path(base) / "current")
+    return Path(base) / "current"
 
 
 # --- models written by the tests ----------------------------------------------
@@ -259,7 +299,8 @@ def drain_datagrams(sock):
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, resnet_dir, notify_socket):
-    """The shared server: built-in self-test + ResNet-18 + a slow model; auto NNPACK."""
+    """The shared server: built-in self-test + ResNet-18 + a slow model; auto NNPACK;
+    TORCH_BACKEND_CONFIG_DIGEST set (SERVER_CONFIG_DIGEST), run from no release."""
     tmp = tmp_path_factory.mktemp("server")
     models = tmp / "models"
     models.mkdir()
@@ -267,7 +308,8 @@ def server(tmp_path_factory, resnet_dir, notify_socket):
         os.symlink(resnet_dir / f, models / f)
     write_slow_model(models)
     srv = ServerProcess(tmp, {"TORCH_BACKEND_MODEL_DIR": str(models),
-                              "NOTIFY_SOCKET": notify_socket[0]}).start()
+                              "NOTIFY_SOCKET": notify_socket[0],
+                              "TORCH_BACKEND_CONFIG_DIGEST": SERVER_CONFIG_DIGEST}).start()
     try:
         srv.wait_ready()
         yield srv

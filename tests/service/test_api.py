@@ -5,12 +5,13 @@ import os
 import re
 import socket
 import struct
+import sys
 import time
 
 import pytest
 
-from conftest import NNPACK_WARNING, SELFTEST_INFER, drain_datagrams
-from torch_backend import selftest
+from conftest import NNPACK_WARNING, SELFTEST_INFER, SERVER_CONFIG_DIGEST, drain_datagrams
+from torch_backend import release, selftest
 
 GOOD = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
                     "data": selftest.DOCUMENTED_INPUT}]}
@@ -66,6 +67,26 @@ def test_server_metadata(server):
     assert nn["decided_by"] == "auto" and isinstance(nn["enabled"], bool)
 
 
+def test_server_metadata_reports_release_and_config_digest(server):
+    status, meta = server.get_json("/v2")
+    assert status == 200
+    # Started with the environment file's digest, from the controller's venv: no release
+    # (unless this checkout itself sits in a releases/ directory).
+    assert meta["config_digest"] == SERVER_CONFIG_DIGEST
+    assert "release" in meta and meta["release"] == release.resolve(sys.prefix)
+    # The fields that were there before are all still there.
+    assert set(meta) >= {"name", "version", "extensions", "nnpack", "cpu_drift"}
+
+
+def test_build_info_metric(server):
+    text = server.metrics()
+    assert re.search(r"^# TYPE torch_backend_build_info gauge$", text, re.M)
+    lines = [ln for ln in text.splitlines() if ln.startswith("torch_backend_build_info")]
+    served = release.resolve(sys.prefix) or ""
+    assert lines == [f'torch_backend_build_info{{version="0.1.0",release="{served}",'
+                     f'config_digest="{SERVER_CONFIG_DIGEST}"}} 1'], lines
+
+
 def test_model_metadata_and_ready(server):
     status, meta = server.get_json("/v2/models/conv2d-selftest")
     assert status == 200
@@ -104,7 +125,9 @@ def test_startup_line_and_clean_stderr(server):
     text = server.stderr
     (line,) = [ln for ln in text.splitlines() if "starting torch-backend" in ln]
     for part in ("nnpack=", "(auto:", "torch=2.", "cpu_capability=", "onednn=",
-                 "intra_op_threads=", "inter_op_threads=", "workers="):
+                 "intra_op_threads=", "inter_op_threads=", "workers=",
+                 f"release={release.resolve(sys.prefix) or 'none'} ",
+                 f"config_digest={SERVER_CONFIG_DIGEST} "):
         assert part in line
     # Only our own one-line log records: no Python/C++ warnings, no tracebacks.
     for ln in text.splitlines():

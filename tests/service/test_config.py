@@ -52,6 +52,12 @@ BAD = [
     ("TORCH_BACKEND_LOG_LEVEL", "LOUD"),
     ("USE_NNPACK", "false"),
     ("USE_NNPACK", "yes"),
+    ("TORCH_BACKEND_CONFIG_DIGEST", "0123456789ABCDEF"),
+    ("TORCH_BACKEND_CONFIG_DIGEST", "abc"),
+    ("TORCH_BACKEND_CONFIG_DIGEST", "sha256:0123456789abcdef"),
+    ("TORCH_BACKEND_CONFIG_DIGEST", "0" * 65),
+    ("TORCH_BACKEND_CONFIG_DIGEST", "0123456789abcdeg"),
+    ("TORCH_BACKEND_CONFIG_DIGEST", "01234567 89abcdef"),
 ]
 
 
@@ -76,3 +82,27 @@ def test_model_dir_that_is_a_file_is_refused(tmp_path):
     path.write_text("x")
     rc, stderr = run_service({"TORCH_BACKEND_MODEL_DIR": str(path)}, tmp_path, timeout=60)
     assert rc == 2 and "TORCH_BACKEND_MODEL_DIR" in stderr
+
+
+@pytest.mark.parametrize("value,expected", [(None, None), ("", None), ("  ", None),
+                                            ("0123abcd", "0123abcd"),
+                                            (" 0123456789abcdef\n", "0123456789abcdef"),
+                                            ("f" * 64, "f" * 64)])
+def test_config_digest_values(value, expected):
+    env = {} if value is None else {"TORCH_BACKEND_CONFIG_DIGEST": value}
+    assert config.load(env, cores=1).config_digest == expected
+
+
+def test_bad_config_digest_message():
+    with pytest.raises(config.ConfigError) as info:
+        config.load({"TORCH_BACKEND_CONFIG_DIGEST": "0123456789ABCDEF"}, cores=1)
+    assert str(info.value) == ("TORCH_BACKEND_CONFIG_DIGEST='0123456789ABCDEF': must be 8 to 64 "
+                               "lowercase hexadecimal digits (the deploy's configuration digest), "
+                               "or empty/unset")
+
+
+def test_service_exits_on_bad_config_digest(tmp_path):
+    rc, stderr = run_service({"TORCH_BACKEND_CONFIG_DIGEST": "not-hex"}, tmp_path, timeout=60)
+    assert rc == 2, stderr
+    (line,) = stderr.strip().splitlines()
+    assert "configuration error" in line and "TORCH_BACKEND_CONFIG_DIGEST='not-hex'" in line

@@ -15,6 +15,10 @@ description:
     through the Open Inference Protocol, compares every output value with the expected values,
     measures the latency of a few requests, and counts NNPACK warning lines in the systemd journal
     of the service's current invocation (since its current start).
+  - When O(expect_release) or O(expect_config_digest) is set, also compares them with the release and
+    the configuration digest the running service reports on C(GET /v2) (both resolved once, when it
+    started), so that a service not restarted after a switch of C(current) or a change of its
+    configuration files is not reported as verified.
   - Never fails the task for a failed check; it returns O(verified) and the list of O(problems), so
     that the caller can decide (for example roll back).
 version_added: "0.1.0"
@@ -64,6 +68,26 @@ options:
     description: Text whose presence in the journal fails the check.
     type: str
     default: Could not initialize NNPACK
+  expect_release:
+    description:
+      - Release the service must be serving, normally the one C(current) points to.
+      - When the service reports another one (or none) on C(GET /v2), the result is not verified and
+        O(problems) gets "torch-backend serves release OLD, but current points to NEW (it was not
+        restarted after the switch)", OLD being what the service reports (V(none) when it reports no
+        release) and NEW this option.
+      - Empty to skip this check.
+    type: str
+    default: ""
+  expect_config_digest:
+    description:
+      - Configuration digest the service must have started with, normally the one computed from the files on disk.
+      - When the service reports another one (or none) on C(GET /v2), the result is not verified and
+        O(problems) gets "torch-backend started with configuration digest OLD, but the files on disk
+        say NEW (it was not restarted after they changed)", OLD being what the service reports
+        (V(none) when it reports no digest) and NEW this option.
+      - Empty to skip this check.
+    type: str
+    default: ""
 notes:
   - Supports check mode by doing nothing and reporting O(verified=null).
 '''
@@ -74,6 +98,15 @@ EXAMPLES = r'''
     url: http://127.0.0.1:8080
     input: "{{ 8 | pytorch_backend_selftest_input }}"
     expected: "{{ 8 | pytorch_backend_selftest_input | pytorch_backend_conv2d_reference }}"
+  register: verify
+
+- name: Verify that the service runs the release current points to, with the configuration on disk
+  torch_backend_verify:
+    url: http://127.0.0.1:8080
+    input: "{{ 8 | pytorch_backend_selftest_input }}"
+    expected: "{{ 8 | pytorch_backend_selftest_input | pytorch_backend_conv2d_reference }}"
+    expect_release: 3f9c0a1b2d4e
+    expect_config_digest: 9a8b7c6d5e4f3a2b
   register: verify
 '''
 
@@ -111,6 +144,14 @@ server:
   description: The server metadata from C(GET /v2).
   returned: when answered
   type: dict
+served_release:
+  description: The release the running service reports (resolved when it started); null when it reports none.
+  returned: when C(GET /v2) answered
+  type: str
+served_config_digest:
+  description: The configuration digest the running service started with; null when it reports none.
+  returned: when C(GET /v2) answered
+  type: str
 '''
 
 import json
@@ -199,6 +240,25 @@ def _journal(module, unit, pattern):
     return invocation, sum(1 for line in lines if pattern in line), None, (errors or [None])[-1]
 
 
+def _reported(server, key):
+    value = server.get(key) if isinstance(server, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _compare_identity(result, server, expect_release, expect_config_digest):
+    """Problems when the running service is not the expected release or configuration."""
+    problems = []
+    served_release = result['served_release'] = _reported(server, 'release')
+    served_digest = result['served_config_digest'] = _reported(server, 'config_digest')
+    if expect_release and served_release != expect_release:
+        problems.append('torch-backend serves release %s, but current points to %s (it was not restarted after the switch)'
+                        % (served_release or 'none', expect_release))
+    if expect_config_digest and served_digest != expect_config_digest:
+        problems.append('torch-backend started with configuration digest %s, but the files on disk say %s '
+                        '(it was not restarted after they changed)' % (served_digest or 'none', expect_config_digest))
+    return problems
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -212,6 +272,8 @@ def main():
             ready_timeout=dict(type='int', default=600),
             unit=dict(type='str', default='torch-backend.service'),
             warning_pattern=dict(type='str', default='Could not initialize NNPACK'),
+            expect_release=dict(type='str', default=''),
+            expect_config_digest=dict(type='str', default=''),
         ),
         supports_check_mode=True,
     )
@@ -231,6 +293,7 @@ def main():
     else:
         try:
             result['server'] = _get_json(base + '/v2')[1]
+            problems.extend(_compare_identity(result, result['server'], p['expect_release'], p['expect_config_digest']))
             _elapsed, answer = _infer(base, p['model'], p['input_name'], p['input'])
             values = _flatten(answer['outputs'][0]['data'])
             expected = p['expected']

@@ -12,12 +12,15 @@ import logging
 import os
 import sys
 
-from . import SERVER_NAME, __version__, config, logs, notify
+from . import SERVER_NAME, __version__, config, logs, notify, release
 
 EXIT_CONFIG, EXIT_MODEL, EXIT_LISTEN = 2, 3, 4
 
 
 def serve() -> int:
+    # First of all: which release's venv this process runs from. `current` may be
+    # switched while it runs; only this start-up answer names the code loaded.
+    served_release = release.resolve(sys.prefix)
     log = logs.setup("INFO")
     # Configuration first, before the multi-second torch import: a typo in
     # the environment file fails at once with the variable's name.
@@ -51,16 +54,18 @@ def serve() -> int:
     torch.set_num_interop_threads(cfg.inter_op_threads)
     capability = torch.backends.cpu.get_cpu_capability()
     clamped = f" clamped=[{'; '.join(cfg.clamped)}]" if cfg.clamped else ""
-    log.info("starting %s %s: nnpack=%s torch=%s cpu_capability=%s onednn=%s cpu_drift=%s "
-             "intra_op_threads=%d inter_op_threads=%d workers=%d queue_size=%d cores=%d%s",
-             SERVER_NAME, __version__, decision.describe(), torch.__version__, capability,
+    log.info("starting %s %s: release=%s config_digest=%s nnpack=%s torch=%s cpu_capability=%s "
+             "onednn=%s cpu_drift=%s intra_op_threads=%d inter_op_threads=%d workers=%d "
+             "queue_size=%d cores=%d%s",
+             SERVER_NAME, __version__, served_release or "none", cfg.config_digest or "none",
+             decision.describe(), torch.__version__, capability,
              "available" if torch.backends.mkldnn.is_available() else "unavailable",
              cpu_drift.word(), cfg.intra_op_threads, cfg.inter_op_threads, cfg.workers,
              cfg.queue_size, cfg.cores, clamped)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("cpu now: %s", cpu_drift.current or drift.current_cpu())
 
-    service = Service(App(cfg, decision, capability, cpu_drift))
+    service = Service(App(cfg, decision, capability, cpu_drift, served_release))
     service.install_signal_handlers()
     try:
         service.listen()

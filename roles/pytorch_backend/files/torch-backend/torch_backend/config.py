@@ -18,17 +18,22 @@ Variables (defaults in brackets):
     USE_NNPACK                      "0" off, "1" on, unset/empty = probe at start-up
     TORCH_BACKEND_CPU_RECORD        [unset]  the role's CPU record (JSON); unset = no drift check
                                     (read at start-up; an unusable file is a warning, not an error)
+    TORCH_BACKEND_CONFIG_DIGEST     [unset]  digest of the configuration the deploy wrote (8-64
+                                    lowercase hex digits); reported by GET /v2 and /metrics
+                                    so the deploy can tell whether the service started with it
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 DEFAULT_MODEL_DIR = "/var/lib/torch-backend/models"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CONFIG_DIGEST_RE = re.compile(r"^[0-9a-f]{8,64}\Z")
 
 
 class ConfigError(Exception):
@@ -54,6 +59,8 @@ class Config:
     use_nnpack: Optional[str] = None
     # Path of the role's CPU record (drift guard); None = no drift check.
     cpu_record: Optional[str] = None
+    # The deploy's digest of the configuration files; None = not given.
+    config_digest: Optional[str] = None
     cores: int = 1
     # Human-readable notes on values that were lowered to fit the cores.
     clamped: tuple = field(default_factory=tuple)
@@ -122,6 +129,12 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
 
     cpu_record = _get(env, "TORCH_BACKEND_CPU_RECORD")
 
+    config_digest = _get(env, "TORCH_BACKEND_CONFIG_DIGEST")
+    if config_digest is not None and not CONFIG_DIGEST_RE.match(config_digest):
+        raise ConfigError("TORCH_BACKEND_CONFIG_DIGEST", config_digest,
+                          "must be 8 to 64 lowercase hexadecimal digits (the deploy's "
+                          "configuration digest), or empty/unset")
+
     # Each worker runs its own intra-op thread team, so workers x intra is the
     # number of threads computing at once. More than the cores only adds
     # context switches and cache thrashing: clamp, and say so at start-up.
@@ -140,4 +153,5 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
     return Config(host=host, port=port, model_dir=model_dir, workers=workers,
                   queue_size=queue_size, max_body_bytes=max_body,
                   intra_op_threads=intra, inter_op_threads=inter, log_level=level,
-                  use_nnpack=use_nnpack, cpu_record=cpu_record, cores=cores, clamped=tuple(clamped))
+                  use_nnpack=use_nnpack, cpu_record=cpu_record,
+                  config_digest=config_digest, cores=cores, clamped=tuple(clamped))

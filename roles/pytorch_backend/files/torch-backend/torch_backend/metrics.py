@@ -2,13 +2,14 @@
 
 Label values are bounded on purpose: the model label is a loaded model's name
 or "" (unknown names from clients never become labels), error kinds are a
-fixed set.
+fixed set, and a gauge's constant labels are fixed at start-up (the build-info
+gauge: version, release, config digest; "" for unknown).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -43,11 +44,18 @@ class Metrics:
         self._errors: Dict[str, int] = {}
         self._latency: Dict[str, _Histogram] = {}
         self._inference: Dict[str, _Histogram] = {}
-        self._gauges: List[Tuple[str, str, Callable[[], float]]] = []
+        self._gauges: List[Tuple[str, str, Callable[[], float], str]] = []
 
-    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        """Register a gauge read at scrape time (no bookkeeping on the hot path)."""
-        self._gauges.append((name, help_text, read))
+    def gauge(self, name: str, help_text: str, read: Callable[[], float],
+              labels: Optional[Mapping[str, str]] = None) -> None:
+        """Register a gauge read at scrape time (no bookkeeping on the hot path).
+
+        `labels` are constant (fixed when registered), in the given order;
+        None means a gauge without labels.
+        """
+        label_text = ",".join(f'{key}="{_escape(value or "")}"'
+                              for key, value in (labels or {}).items())
+        self._gauges.append((name, help_text, read, "{" + label_text + "}" if label_text else ""))
 
     def request(self, model: str, code: int, seconds: float, infer: bool) -> None:
         with self._lock:
@@ -90,7 +98,7 @@ class Metrics:
                     lines.append(f'{name}_bucket{{{label},le="+Inf"}} {hist.total}')
                     lines.append(f"{name}_sum{{{label}}} {hist.sum:.9f}")
                     lines.append(f"{name}_count{{{label}}} {hist.total}")
-        for name, help_text, read in self._gauges:
+        for name, help_text, read, label_text in self._gauges:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge",
-                      f"{name} {float(read()):g}"]
+                      f"{name}{label_text} {float(read()):g}"]
         return "\n".join(lines) + "\n"

@@ -5,7 +5,8 @@ in the bounded WorkerPool. Routes (Open Inference Protocol, KServe v2):
 
     GET  /v2/health/live            200 while the process runs
     GET  /v2/health/ready           200 once models are loaded and warmed, else 503
-    GET  /v2                        server metadata (+ "nnpack", "cpu_drift")
+    GET  /v2                        server metadata (+ "nnpack", "cpu_drift", "release",
+                                    "config_digest")
     GET  /v2/models/{name}          model metadata
     GET  /v2/models/{name}/ready    200 / 503 / 404
     POST /v2/models/{name}/infer    JSON or binary tensor data
@@ -45,8 +46,12 @@ class App:
     """State shared by all connections."""
 
     def __init__(self, config, decision: Decision, cpu_capability: str,
-                 cpu_drift: Optional[DriftReport] = None):
+                 cpu_drift: Optional[DriftReport] = None, release: Optional[str] = None):
         self.config = config
+        # Resolved once at start-up (release.resolve): `current` may have been
+        # switched since, which is what the deploy's verifier must notice.
+        self.release = release
+        self.config_digest = config.config_digest
         self.decision = decision
         self.cpu_capability = cpu_capability
         self.cpu_drift = cpu_drift if cpu_drift is not None else DriftReport(detected=False)
@@ -69,6 +74,11 @@ class App:
                 lambda: 1 if self.cpu_drift.detected else 0)
         m.gauge("torch_backend_ready", "1 when models are loaded and warmed.",
                 lambda: 1 if self.ready else 0)
+        m.gauge("torch_backend_build_info",
+                "Always 1: the version, the release and the configuration digest this "
+                "process started with (empty when unknown).",
+                lambda: 1, {"version": __version__, "release": self.release or "",
+                            "config_digest": self.config_digest or ""})
 
     def server_metadata(self) -> dict:
         return {
@@ -80,6 +90,8 @@ class App:
                        "reason": self.decision.reason,
                        "cpu_capability": self.cpu_capability},
             "cpu_drift": self.cpu_drift.metadata(),
+            "release": self.release,
+            "config_digest": self.config_digest,
         }
 
     def begin(self) -> None:

@@ -1,0 +1,120 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, torch-backend contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+name: fleet_report
+type: aggregate
+short_description: Print the per-host deploy table at the end of every run, whatever happened
+description:
+  - At the end of the run (also after a failing host stopped the rollout, when no later play runs) prints one
+    row per target host with what happened to it, then the messages of the hosts that did not end C(served),
+    then one count line. Enabled when ANSIBLE_CALLBACKS_ENABLED (or C(callbacks_enabled) in ansible.cfg) lists it.
+  - "Reads the custom stats the pytorch_backend role sets with C(ansible.builtin.set_stats) (C(aggregate: false)):
+    per host C(pytorch_backend) (host, outcome, release, serving_release, cpu_model, avx2, fma, nnpack,
+    use_nnpack, cpu_capability, verified, latency_ms, message; the last one set wins) and, once per play,
+    C(pytorch_backend_targets) (the play's hosts)."
+  - "The outcome of a host is the one the role set: C(served), C(rolled_back), C(kept) (the new release was
+    refused, the old one kept serving) or C(failed). A target host the role set nothing for is C(failed) or
+    C(unreachable) as the run's stats say, otherwise C(not reached): its batch never ran because an earlier
+    batch stopped the rollout."
+  - Prints nothing when the run set no C(pytorch_backend_targets) (playbooks that do not run the role).
+'''
+
+from ansible.plugins.callback import CallbackBase
+
+OUTCOMES = ('served', 'rolled_back', 'kept', 'failed', 'unreachable', 'not reached')
+ROW = '%-16s %-12s %-34s %-5s %-5s %-22s %-10s %-10s %-8s %s'
+HEADER = ('HOST', 'OUTCOME', 'CPU', 'AVX2', 'FMA3', 'NNPACK', 'USE_NNPACK', 'CAPABILITY', 'VERIFIED', 'P50 MS')
+
+
+def _flag(value, no='no'):
+    """yes/no for a boolean the role set (a string after some templating), '-' when it does not know."""
+    if value is None or value == '':
+        return '-'
+    if isinstance(value, str):
+        value = value.strip().lower() in ('true', 'yes', '1', 'on')
+    return 'yes' if value else no
+
+
+def _text(value, width=None):
+    text = '-' if value is None or value == '' else str(value)
+    return text[:width] if width else text
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = 'aggregate'
+    CALLBACK_NAME = 'fleet_report'
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self):
+        super().__init__()
+        # the last failure or unreachable message of each host: explains a host the role set nothing for
+        self._last_error = {}
+
+    def _remember(self, result):
+        res = result.result
+        msg = res.get('msg') or res.get('stderr') or res.get('reason') or ''
+        self._last_error[result.host.get_name()] = 'at task "%s": %s' % (result.task_name, str(msg).strip())
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        if not ignore_errors:
+            self._remember(result)
+
+    def v2_runner_on_unreachable(self, result):
+        self._remember(result)
+
+    def _row_without_data(self, host, stats):
+        if stats.failures.get(host):
+            outcome = 'failed'
+        elif stats.dark.get(host):
+            outcome = 'unreachable'
+        else:
+            outcome = 'not reached'
+        return {'host': host, 'outcome': outcome, 'message': self._last_error.get(host, '')}
+
+    def v2_playbook_on_stats(self, stats):
+        custom = getattr(stats, 'custom', {}) or {}
+        targets = (custom.get('_run') or {}).get('pytorch_backend_targets')
+        if not targets:
+            return
+        rows = []
+        for host in sorted(set(str(h) for h in targets)):
+            data = (custom.get(host) or {}).get('pytorch_backend')
+            if isinstance(data, dict) and data.get('outcome'):
+                row = dict(data, host=host)
+                row['message'] = row.get('message') or self._last_error.get(host, '')
+                rows.append(row)
+            else:
+                rows.append(self._row_without_data(host, stats))
+
+        self._display.banner('FLEET REPORT')
+        self._display.display(ROW % HEADER)
+        for r in rows:
+            if 'cpu_model' in r:
+                self._display.display(ROW % (r['host'], r['outcome'], _text(r.get('cpu_model'), 34),
+                                             _flag(r.get('avx2')), _flag(r.get('fma')), _text(r.get('nnpack')),
+                                             _text(r.get('use_nnpack')), _text(r.get('cpu_capability')),
+                                             _flag(r.get('verified'), 'NO'), _text(r.get('latency_ms'))))
+            else:
+                self._display.display(ROW % ((r['host'], r['outcome']) + ('-',) * (len(HEADER) - 2)))
+
+        not_reached = [r['host'] for r in rows if r['outcome'] == 'not reached']
+        for r in rows:
+            if r['outcome'] in ('served', 'not reached'):
+                continue
+            about = [r['outcome']]
+            if r.get('release'):
+                about.append('release %s' % r['release'])
+            if r.get('serving_release'):
+                about.append('serving %s' % r['serving_release'])
+            self._display.display('%s (%s): %s' % (r['host'], ', '.join(about), _text(r.get('message')).strip()))
+        if not_reached:
+            self._display.display('not reached (the rollout stopped before their batch): %s' % ', '.join(not_reached))
+
+        counts = dict((o, 0) for o in OUTCOMES)
+        for r in rows:
+            counts[r['outcome'] if r['outcome'] in counts else 'failed'] += 1
+        self._display.display(', '.join('%s %d' % (o.replace('_', ' '), counts[o]) for o in OUTCOMES))

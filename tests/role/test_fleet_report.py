@@ -1,0 +1,175 @@
+"""The per-host table (plugins/callback/fleet_report.py) ends every deploy, also one a failing host stopped.
+
+Runs the real ansible-playbook on fleet_report_standin.yml (a stand-in for deploy.yml and the role that
+sets the same custom stats) against 9 local-connection hosts, with the project's ansible.cfg and with the
+environment Molecule gives its runs. 9 hosts make the default batches visible: the canary h1, then a
+quarter of 9 (2 hosts) at a time: [h1] [h2 h3] [h4 h5] [h6 h7] [h8 h9].
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+STANDIN = HERE / "fleet_report_standin.yml"
+DEPLOY = ROOT / "playbooks" / "deploy.yml"
+HOSTS = ["h%d" % i for i in range(1, 10)]
+DEFAULT_BATCHES = [["h1"], ["h2", "h3"], ["h4", "h5"], ["h6", "h7"], ["h8", "h9"]]
+ROW_RE = re.compile(r"^(h\d+)\s+(not reached|served|rolled_back|kept|failed|unreachable)\s")
+COUNT_RE = re.compile(r"^served \d+, rolled back \d+, kept \d+, failed \d+, unreachable \d+, not reached \d+$", re.M)
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
+    env.update(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_LOCAL_TEMP=str(Path(extra.pop("_tmp")) / "ansible-local"))
+    env.update(extra)
+    return env
+
+
+def run(tmp_path, outcomes=None, args=(), playbook=STANDIN, env=None):
+    """Run `playbook` on h1..h9; `outcomes` maps a host to its standin_outcome or to 'unreachable'."""
+    outcomes = outcomes or {}
+    lines = ["[fleet]"]
+    for host in HOSTS:
+        outcome = outcomes.get(host)
+        if outcome == "unreachable":  # nothing listens on port 1: connection refused
+            lines.append(f"{host} ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=1 ansible_user=nobody")
+        elif outcome:
+            lines.append(f"{host} standin_outcome={outcome}")
+        else:
+            lines.append(host)
+    lines += ["[all:vars]", "ansible_connection=local", f"ansible_python_interpreter={sys.executable}"]
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("\n".join(lines) + "\n")
+    cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(playbook), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env=env or _env(_tmp=tmp_path))
+    return proc, proc.stdout + "\n" + proc.stderr
+
+
+def report(out):
+    """The table's rows {host: outcome}, the lines after the table and the count line."""
+    assert "FLEET REPORT" in out, "no per-host table:\n" + out
+    after = out.split("FLEET REPORT", 1)[1].splitlines()
+    rows, rest = {}, []
+    for line in after[1:]:
+        if COUNT_RE.match(line):
+            assert len(COUNT_RE.findall(out)) == 1, out
+            return rows, rest, line
+        m = ROW_RE.match(line)
+        if m:
+            rows[m.group(1)] = m.group(2)
+        elif line.strip() and not line.startswith("HOST "):
+            rest.append(line)
+    raise AssertionError("no count line after the table:\n" + out)
+
+
+def batches(out):
+    """The hosts of each play batch, from the results between the `PLAY [...]` headers."""
+    found = []
+    for chunk in out.split("PLAY [")[1:]:
+        chunk = chunk.split("PLAY RECAP")[0]
+        hosts = []
+        for host in re.findall(r"^(?:ok|changed|fatal|failed|skipping|unreachable): \[(h\d+)\]", chunk, re.M):
+            if host not in hosts:
+                hosts.append(host)
+        found.append(sorted(hosts, key=lambda h: int(h[1:])))
+    return found
+
+
+def test_standin_batches_are_deploys_and_summary_play_is_gone():
+    deploy = yaml.safe_load(DEPLOY.read_text())
+    standin = yaml.safe_load(STANDIN.read_text())
+    assert deploy[0]["serial"] == standin[0]["serial"] == "{{ pytorch_backend_serial | default([1, '25%']) }}"
+    assert deploy[0]["max_fail_percentage"] == standin[0]["max_fail_percentage"]
+    assert "default(0)" in deploy[0]["max_fail_percentage"]
+    assert not (ROOT / "playbooks" / "summary.yml").exists()
+    assert not (ROOT / "playbooks" / "templates" / "fleet_table.j2").exists()
+    for playbook in (ROOT / "playbooks").glob("*.yml"):
+        assert "summary.yml" not in playbook.read_text(), playbook
+    assert "fleet_report" in (ROOT / "ansible.cfg").read_text()
+
+
+def test_failing_canary_stops_the_rollout_and_the_table_says_so(tmp_path):
+    proc, out = run(tmp_path, {"h1": "crash"})
+    assert proc.returncode != 0
+    assert batches(out) == [["h1"]], out
+    rows, rest, counts = report(out)
+    assert rows == {"h1": "failed", **{h: "not reached" for h in HOSTS[1:]}}, out
+    assert any(line.startswith("h1 (failed)") and "stand-in crash on h1" in line for line in rest), rest
+    assert "not reached (the rollout stopped before their batch): h2, h3, h4, h5, h6, h7, h8, h9" in rest
+    assert counts == "served 0, rolled back 0, kept 0, failed 1, unreachable 0, not reached 8"
+
+
+def test_all_served_in_canary_then_quarter_batches(tmp_path):
+    proc, out = run(tmp_path)
+    assert proc.returncode == 0, out
+    assert batches(out) == DEFAULT_BATCHES, out
+    rows, rest, counts = report(out)
+    assert rows == {h: "served" for h in HOSTS}
+    assert rest == []
+    assert counts == "served 9, rolled back 0, kept 0, failed 0, unreachable 0, not reached 0"
+    assert out.index("PLAY RECAP") < out.index("FLEET REPORT")
+
+
+def test_rollback_in_a_later_batch_stops_the_batches_after_it(tmp_path):
+    proc, out = run(tmp_path, {"h4": "rolled_back"})
+    assert proc.returncode != 0
+    assert batches(out) == DEFAULT_BATCHES[:3], out
+    rows, rest, counts = report(out)
+    assert rows == {"h1": "served", "h2": "served", "h3": "served", "h4": "rolled_back", "h5": "served",
+                    "h6": "not reached", "h7": "not reached", "h8": "not reached", "h9": "not reached"}, out
+    assert "h4 (rolled_back, release r2, serving r1): stand-in rolled_back on h4" in rest
+    assert counts == "served 4, rolled back 1, kept 0, failed 0, unreachable 0, not reached 4"
+
+
+def test_overrides_one_batch_kept_failed_and_unreachable(tmp_path):
+    proc, out = run(tmp_path, {"h2": "kept", "h3": "unreachable", "h5": "failed", "h6": "crash"},
+                    args=["-e", "pytorch_backend_serial=100%", "-e", "pytorch_backend_max_fail_percentage=100"])
+    assert proc.returncode != 0
+    assert batches(out) == [HOSTS], out
+    rows, rest, counts = report(out)
+    assert rows == {"h1": "served", "h2": "kept", "h3": "unreachable", "h4": "served", "h5": "failed",
+                    "h6": "failed", "h7": "served", "h8": "served", "h9": "served"}, out
+    assert "h2 (kept, release r2, serving r1): stand-in kept on h2" in rest
+    assert any(line.startswith('h3 (unreachable): at task "Reach the host"') for line in rest), rest
+    assert any(line.startswith('h6 (failed): at task "Fail before any result') for line in rest), rest
+    assert counts == "served 5, rolled back 0, kept 1, failed 2, unreachable 1, not reached 0"
+
+
+def test_nothing_printed_for_a_playbook_that_sets_no_targets(tmp_path):
+    playbook = tmp_path / "other.yml"
+    playbook.write_text("- name: Other\n  hosts: all\n  gather_facts: false\n  tasks:\n"
+                        "    - name: Say hello\n      ansible.builtin.debug:\n        msg: hello\n")
+    proc, out = run(tmp_path, playbook=playbook)
+    assert proc.returncode == 0, out
+    assert "FLEET REPORT" not in out
+    assert "TASK TIMES" in out
+
+
+@pytest.fixture
+def molecule_env(tmp_path):
+    """The environment Molecule gives its runs: its own ansible.cfg, plus provisioner.env."""
+    config = yaml.safe_load((ROOT / ".config" / "molecule" / "config.yml").read_text())
+    cfg = tmp_path / "molecule-ansible.cfg"
+    cfg.write_text("[defaults]\nhost_key_checking = False\nretry_files_enabled = False\n")
+    env = _env(_tmp=tmp_path, ANSIBLE_CONFIG=str(cfg))
+    for key, value in config["provisioner"]["env"].items():
+        env[key] = str(value).replace("${MOLECULE_PROJECT_DIRECTORY}", str(ROOT))
+    return env
+
+
+def test_molecule_runs_print_the_table_too(tmp_path, molecule_env):
+    assert set(molecule_env["ANSIBLE_CALLBACKS_ENABLED"].split(",")) >= {"task_timer", "fleet_report"}
+    proc, out = run(tmp_path, {"h1": "crash"}, env=molecule_env)
+    assert proc.returncode != 0
+    rows, _, counts = report(out)
+    assert rows["h1"] == "failed"
+    assert counts == "served 0, rolled back 0, kept 0, failed 1, unreachable 0, not reached 8"
+    assert "TASK TIMES" in out

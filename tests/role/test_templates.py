@@ -109,3 +109,17 @@ def test_candidate_unit_is_as_hardened_runs_the_release_on_loopback_and_never_re
     assert "IPAddressDeny=any" in lines and "IPAddressDeny=any" not in main_lines
     hardening = {line for line in main_lines if line.startswith(HARDENING_PREFIXES)}
     assert hardening and hardening <= set(lines)
+
+
+def test_serving_unit_carries_a_memory_limit_and_the_candidate_goes_first_under_oom(playbook, tmp_path):
+    main = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported")).splitlines()
+    candidate = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"),
+                       _pb_candidate=True, _pytorch_backend_release="/opt/torch-backend/releases/r1",
+                       _pytorch_backend_release_id="r1").splitlines()
+    assert "MemoryMax=75%" in main and "OOMScoreAdjust=1000" not in main
+    # the candidate is a second copy beside the serving one: the OOM killer's first choice
+    assert "OOMScoreAdjust=1000" in candidate and not any(line.startswith("MemoryMax=") for line in candidate)
+    unlimited = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"), pytorch_backend_memory_max="")
+    assert not any(line.startswith("MemoryMax=") for line in unlimited.splitlines())
+    sized = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"), pytorch_backend_memory_max="1536M")
+    assert "MemoryMax=1536M" in sized.splitlines()

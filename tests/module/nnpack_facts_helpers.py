@@ -1,7 +1,9 @@
 """Helpers for the nnpack_facts module tests (fixtures are in conftest.py).
 
 The module is run the way Ansible runs a module directly: ``PYTHON nnpack_facts.py args.json`` with
-``{"ANSIBLE_MODULE_ARGS": {...}}`` in the file, and its stdout is parsed as JSON.
+``{"ANSIBLE_MODULE_ARGS": {...}}`` in the file, and its stdout is parsed as JSON. Its imports of
+``ansible.module_utils.<name>`` are resolved as for a role: the role's module_utils directory is
+appended to the ``ansible.module_utils`` package path (RUN_MODULE); ``-B`` keeps bytecode out of roles/.
 """
 import json
 import os
@@ -17,6 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LIBRARY = REPO / "roles" / "pytorch_backend" / "library"
 MODULE = LIBRARY / "nnpack_facts.py"
+MODULE_UTILS = REPO / "roles" / "pytorch_backend" / "module_utils"
+RUN_MODULE = ("import runpy, sys, ansible.module_utils as mu; mu.__path__.append(%r); del sys.argv[0]; "
+              "runpy.run_path(sys.argv[0], run_name='__main__')" % str(MODULE_UTILS))
 VENV_BIN = REPO / ".venv" / "bin"
 VENV_PYTHON = VENV_BIN / "python"
 QEMU = shutil.which("qemu-x86_64-static")
@@ -24,6 +29,7 @@ QEMU = shutil.which("qemu-x86_64-static")
 NO_TORCH_PYTHON = "/usr/bin/python3"
 
 NNPACK_TEXT = "Could not initialize NNPACK!"
+HANG_SLEEP = "sleep 599.25"
 
 
 def venv_has_torch():
@@ -67,8 +73,8 @@ def run_module(tmp_path, args, module_python=VENV_PYTHON, env=None, check_mode=F
     run_env.pop("PYTHONPATH", None)
     run_env.update(env or {})
     started = time.monotonic()
-    proc = subprocess.run([str(module_python), str(MODULE), str(args_file)], capture_output=True, text=True,
-                          env=run_env, timeout=900)
+    proc = subprocess.run([str(module_python), "-B", "-c", RUN_MODULE, str(MODULE), str(args_file)],
+                          capture_output=True, text=True, env=run_env, timeout=900)
     return ModuleRun(proc, time.monotonic() - started, module_args)
 
 
@@ -84,7 +90,8 @@ def make_fakes(module_tmp):
     """Fake interpreters: each ignores its arguments and misbehaves in one way."""
     return {
         "sigkill": write_fake_interpreter(module_tmp, "fake-python-sigkill", "kill -9 $$"),
-        "hang": write_fake_interpreter(module_tmp, "fake-python-hang", "/bin/sleep 600\necho woke up"),
+        # its `sleep` (a grandchild of the module, found by HANG_SLEEP) must die with it at the timeout
+        "hang": write_fake_interpreter(module_tmp, "fake-python-hang", "/bin/%s\necho woke up" % HANG_SLEEP),
         "garbage": write_fake_interpreter(
             module_tmp, "fake-python-garbage",
             'echo "Python? never heard of it"\necho "@@NNPACK_FACTS@@ {not json"\necho junk >&2'),
@@ -108,3 +115,29 @@ def assert_no_leak(run):
     rest.pop("ansible_facts")
     assert NNPACK_TEXT not in json.dumps(rest)
     assert NNPACK_TEXT not in run.stderr
+
+
+def import_module_utils(name):
+    """ansible.module_utils.<name> from the role, imported in this process as Ansible resolves it
+    (the role's module_utils directory on the package path), writing no bytecode under roles/."""
+    import importlib
+
+    import ansible.module_utils
+
+    sys.dont_write_bytecode = True
+    if str(MODULE_UTILS) not in ansible.module_utils.__path__:
+        ansible.module_utils.__path__.append(str(MODULE_UTILS))
+    return importlib.import_module("ansible.module_utils." + name)
+
+
+def role_record(facts):
+    """The CPU record the role writes from nnpack facts (tasks/steps/decide.yml, `_pb_new`)."""
+    return {
+        "fingerprint": facts["fingerprint"],
+        "cpu_model": facts["cpu_model"],
+        "cpu_flags": {k: v for k, v in (facts["cpu_flags"] or {}).items() if k in ("avx", "avx2", "fma", "avx512f")},
+        "cpu_capability": facts["torch_cpu_capability"],
+        "status": facts["status"],
+        "available": facts["available"],
+        "use_nnpack": "" if facts["available"] is True else "0",
+    }

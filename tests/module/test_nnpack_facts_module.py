@@ -1,11 +1,13 @@
 """nnpack_facts run natively: the real torch in .venv, interpreters without torch, fake interpreters."""
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from nnpack_facts_helpers import (NO_TORCH_PYTHON, VENV_PYTHON, assert_no_leak, needs_torch, run_module)
+from nnpack_facts_helpers import (HANG_SLEEP, MODULE_UTILS, NO_TORCH_PYTHON, VENV_PYTHON, assert_no_leak, needs_torch,
+                                  run_module)
 
 KEYS = {
     "available", "status", "reason", "nnpack_message", "cpu_vendor", "cpu_model", "architecture", "cpu_flags",
@@ -140,17 +142,19 @@ def test_fake_interpreter_killed_by_sigkill_is_probe_failed(module_tmp, fakes):
     assert facts["cpu_vendor"] and facts["fingerprint"]
 
 
-@pytest.mark.parametrize("coreutils_timeout", [True, False], ids=["coreutils-timeout", "python-timeout-fallback"])
-def test_fake_interpreter_that_hangs_times_out_promptly(module_tmp, fakes, coreutils_timeout):
-    env = {} if coreutils_timeout else {"PATH": "/nonexistent"}   # no `timeout` binary: Python stand-in
-    run = run_module(module_tmp, {"python": fakes["hang"], "timeout": 2}, env=env)
+def test_fake_interpreter_that_hangs_times_out_promptly(module_tmp, fakes):
+    """A real timeout kills the probe's whole process group: the fake and the `sleep` it started.
+    PATH is empty: nothing like coreutils `timeout` is needed."""
+    run = run_module(module_tmp, {"python": fakes["hang"], "timeout": 2}, env={"PATH": "/nonexistent"})
     facts = run.facts
     assert facts["status"] == "probe_failed" and facts["available"] is None
     assert "timed out after 2 s" in facts["reason"]
+    assert facts["probe_rc"] is None
     assert 2 <= facts["duration"] < 10
     assert run.elapsed < 15
-    left = subprocess.run(["pgrep", "-f", fakes["hang"]], capture_output=True, text=True).stdout.split()
-    assert not left, "hanging fake interpreter survived: %s" % left
+    for pattern in (fakes["hang"], HANG_SLEEP):
+        left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+        assert not left, "%s survived the timeout: %s" % (pattern, left)
 
 
 def test_fake_interpreter_printing_garbage_is_probe_failed(module_tmp, fakes):
@@ -187,4 +191,16 @@ def test_missing_wrapper_is_probe_failed(module_tmp):
     run = run_module(module_tmp, {"python": str(VENV_PYTHON), "wrapper": ["no-such-emulator", "-cpu", "x"]})
     facts = run.facts
     assert facts["status"] == "probe_failed" and "no-such-emulator" in facts["reason"]
-    assert "host view" in facts["evidence_source"]
+    assert facts["evidence_source"] == "cpuid (host view; wrapper not applied)"
+
+
+def test_probe_program_runs_by_hand(native):
+    """module_utils/nnpack_probe.py is a real program: run from its directory (cpu_identity.py beside
+    it), it prints the same evidence as the module's child."""
+    out = subprocess.run([NO_TORCH_PYTHON, "-B", str(MODULE_UTILS / "nnpack_probe.py"), "--evidence-only"],
+                         capture_output=True, text=True, check=True, cwd="/").stdout
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("@@NNPACK_FACTS@@ ")][-1:]
+    rec = json.loads(line.split(" ", 1)[1])
+    assert rec["stage"] == "evidence"
+    for key in ("cpu_vendor", "cpu_model", "cpu_stepping", "cpu_flags", "cache_enumerated", "evidence_source"):
+        assert rec[key] == native.facts[key], key

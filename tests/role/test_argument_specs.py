@@ -31,3 +31,29 @@ def test_role_requirements_match_the_wheelhouse_pins():
     for requirement in defaults["pytorch_backend_requirements"]:
         assert requirement in pins, f"{requirement} is not in requirements/target.txt"
     assert any(re.match(r"^torch==", r) for r in defaults["pytorch_backend_requirements"])
+
+
+ENTRY_POINTS = {"main", "verify_only", "rollback_release", "audit", "remove"}
+
+
+def test_every_entry_point_has_a_spec_and_shares_mains_definitions():
+    specs = load(ROLE / "meta" / "argument_specs.yml")["argument_specs"]
+    entry_points = {p.stem for p in (ROLE / "tasks").glob("*.yml")}
+    # internal steps live in tasks/steps/; what stands in tasks/ is called from playbooks
+    assert entry_points == ENTRY_POINTS == set(specs), (entry_points, set(specs))
+    for name, spec in specs.items():
+        assert spec.get("short_description") and spec.get("options"), name
+        for option, definition in spec["options"].items():
+            assert definition == specs["main"]["options"][option], (name, option)
+
+
+def test_every_variable_an_entry_point_reads_is_in_its_spec():
+    specs = load(ROLE / "meta" / "argument_specs.yml")["argument_specs"]
+    for name in ENTRY_POINTS - {"main"}:
+        text, seen = (ROLE / "tasks" / f"{name}.yml").read_text(), set()
+        while set(re.findall(r"steps/([a-z_]+\.yml)", text)) - seen:
+            step = sorted(set(re.findall(r"steps/([a-z_]+\.yml)", text)) - seen)[0]
+            seen.add(step)
+            text += (ROLE / "tasks" / "steps" / step).read_text()
+        used = set(re.findall(r"\bpytorch_backend_[a-z0-9_]+", text)) & set(specs["main"]["options"])
+        assert used <= set(specs[name]["options"]), (name, sorted(used - set(specs[name]["options"])))

@@ -1,4 +1,4 @@
-"""The USE_NNPACK decision, run through the role's own tasks/decide.yml on localhost.
+"""The USE_NNPACK decision, run through the role's own tasks/steps/decide.yml on localhost.
 
 The probe's facts are given (the probe has its own tests in tests/module); what is
 tested is the rule that turns facts and the host's previous CPU record into the new
@@ -23,7 +23,7 @@ PLAY = """
         ansible_facts:
           nnpack: "{{{{ facts }}}}"
     - name: Decide
-      ansible.builtin.include_tasks: {role}/tasks/decide.yml
+      ansible.builtin.include_tasks: {role}/tasks/steps/decide.yml
     - name: Write the decision down
       ansible.builtin.copy:
         content: "{{{{ {{'record': _pytorch_backend_record, 'off': _pytorch_backend_use_nnpack_off, 'kept': _pytorch_backend_kept_record}} | to_json }}}}"

@@ -17,7 +17,7 @@ PLAY = """
   tasks:
     - ansible.builtin.include_role:
         name: pytorch_backend
-        tasks_from: install.yml
+        tasks_from: steps/install.yml
 """
 
 PLATFORMS = {"debian12": "311", "ubuntu2204": "310", "ubuntu2404": "312"}

@@ -71,5 +71,5 @@ def test_good_values_pass_preflight(playbook):
     """The same play with the defaults gets past preflight (proves the checks above can pass)."""
     result = playbook(PLAY.replace("roles:\n    - role: pytorch_backend",
                                    "tasks:\n    - ansible.builtin.include_role:\n        name: pytorch_backend\n"
-                                   "        tasks_from: preflight.yml"), check=True)
+                                   "        tasks_from: steps/preflight.yml"), check=True)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]

@@ -42,7 +42,7 @@ from conftest import ROLE, ROOT
 
 HERE = Path(__file__).resolve().parent
 SPEC_FILE = ROLE / "meta" / "argument_specs.yml"
-PREFLIGHT_FILE = ROLE / "tasks" / "preflight.yml"
+PREFLIGHT_FILE = ROLE / "tasks" / "steps" / "preflight.yml"
 ENV_TEMPLATE = ROLE / "templates" / "torch-backend.env.j2"
 SERVICE_CONFIG = ROLE / "files" / "torch-backend" / "torch_backend" / "config.py"
 ROLE_VARS = ROLE / "vars" / "main.yml"
@@ -74,14 +74,8 @@ def preflight_rules():
 
 
 def preflight_limits():
-    """{int var: (lo, hi)} as enforced by preflight.yml ('var | int >= N', '<= N'); None if absent."""
-    limits = {}
-    for var, that in preflight_rules().items():
-        lo = re.search(rf"\b{var} \| int >= (-?\d+)", that)
-        hi = re.search(rf"\b{var} \| int <= (-?\d+)", that)
-        if lo or hi:
-            limits[var] = (int(lo.group(1)) if lo else None, int(hi.group(1)) if hi else None)
-    return limits
+    """{int var: (lo, hi)} as preflight.yml enforces them: the whole-number table in vars/main.yml."""
+    return {var: (r["min"], r["max"]) for var, r in role_vars()["_pytorch_backend_whole_numbers"].items()}
 
 
 def _const(node):
@@ -240,7 +234,9 @@ def generate():
 
         if "choices" in opt:
             choices = opt["choices"]
-            for value in ("LOUD", choices[0].lower(), choices[0] + " ", " " + choices[0], choices[0] + "\n",
+            # a case that differs from the valid spelling (choices may be upper- or lower-case)
+            wrong_case = choices[0].lower() if choices[0] != choices[0].lower() else choices[0].upper()
+            for value in ("LOUD", wrong_case, choices[0] + " ", " " + choices[0], choices[0] + "\n",
                           "", choices[0][:-1], "CRITICAL" if "CRITICAL" not in choices else "FATAL"):
                 c.add("choice", var, value)
 
@@ -263,6 +259,8 @@ def generate():
     for value in ("", " ", "127.0.0.1 ", "127.0.0.1; rm -rf /", "http://127.0.0.1", "127.0.0.1\n",
                   "127.0.0.1/8", "[::1]", "$(hostname)", "host_name"):
         c.add("host", "pytorch_backend_host", value)
+    for value in ("lots", "0", "0G", "150%", "0%", "2 G", "2g", "-1G", "2G\n", "2G\nMemoryMax=infinity", "50%%", "1.5G"):
+        c.add("memory-max", "pytorch_backend_memory_max", value)
 
     # --- requirements ----------------------------------------------------------------
     req = "pytorch_backend_requirements"
@@ -431,7 +429,7 @@ PLAYBOOK = """
     - name: Preflight
       ansible.builtin.include_role:
         name: pytorch_backend
-        tasks_from: preflight.yml
+        tasks_from: steps/preflight.yml
 
 - name: Bad values
   hosts: bad
@@ -489,8 +487,10 @@ class Outcome:
 
 
 def _is_preflight(event):
-    return (event["path"].split(":")[0].endswith("tasks/preflight.yml")
-            or event["action"] in ("validate_argument_spec", "ansible.builtin.validate_argument_spec"))
+    # set_stats only names the targets for the fleet table: it runs on the controller, touching no host
+    return (event["path"].split(":")[0].endswith("tasks/steps/preflight.yml")
+            or event["action"] in ("validate_argument_spec", "ansible.builtin.validate_argument_spec",
+                                   "ansible.builtin.set_stats"))
 
 
 @pytest.fixture(scope="module")

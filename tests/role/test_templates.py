@@ -21,7 +21,7 @@ PLAY = """
         ansible_facts:
           nnpack: "{{{{ facts }}}}"
     - name: Decide as the role does (its own decide.yml)
-      ansible.builtin.include_tasks: {role}/tasks/decide.yml
+      ansible.builtin.include_tasks: {role}/tasks/steps/decide.yml
     - name: Render
       ansible.builtin.template:
         src: "{role}/templates/{template}"

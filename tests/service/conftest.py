@@ -1,35 +1,28 @@
-"""Helpers for the torch-backend service tests.
+"""Fixtures and helpers for the torch-backend service tests.
 
-The package is never pip-installed for the tests (that would write build
-artefacts into the role's files directory): servers run as subprocesses with
-PYTHONPATH pointing at the package and PYTHONDONTWRITEBYTECODE=1, and the
-in-process imports below happen after sys.dont_write_bytecode is set, so no
+The server itself is started by harness.py (shared with the fuzzer and the
+benchmarks); its names are re-exported here, where the test modules import them
+from. Importing harness puts the role's package dir on sys.path with bytecode
+writing off, before anything below imports the package in-process, so no
 __pycache__ ever appears under roles/.
 """
 
+import json
+import os
+import shutil
+import socket
+import subprocess
 import sys
+import sysconfig
+import time
+import venv
+from pathlib import Path
 
-sys.dont_write_bytecode = True
+import pytest
 
-import http.client  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sysconfig  # noqa: E402
-import time  # noqa: E402
-import venv  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-PKG_DIR = REPO / "roles" / "pytorch_backend" / "files" / "torch-backend"
-if str(PKG_DIR) not in sys.path:
-    sys.path.insert(0, str(PKG_DIR))
+from harness import (  # noqa: F401  (re-exported for the test modules)
+    LISTEN_RE, PKG_DIR, REPO, ROLE, ServerProcess, memory_mib, role_filter_plugin, run_service,
+    service_env)
 
 # This module as imported by pytest. Test modules here do `from conftest import ...`;
 # when one pytest run also collects tests/role (whose conftest is a module named
@@ -42,139 +35,32 @@ def pytest_pycollect_makemodule(module_path, parent):
     sys.modules["conftest"] = _THIS_CONFTEST
 
 
-LISTEN_RE = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 NNPACK_WARNING = "Could not initialize NNPACK"
 SELFTEST_INFER = "/v2/models/conv2d-selftest/infer"
+# The controller's pure-Python reference for conv2d-selftest (the role's filter plugin): the
+# service's numbers are checked against it, as the deploy does.
+reference = role_filter_plugin("selftest")
+SELFTEST_INPUT = reference.selftest_input(8)                     # the documented input [1, 1, 8, 8]
+SELFTEST_EXPECTED = reference.conv2d_reference(SELFTEST_INPUT)   # its 128 outputs, flat
+SELFTEST_PAYLOAD = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                "data": SELFTEST_INPUT}]}
 # What the shared server is started with, as the deploy writes it into the environment file.
 SERVER_CONFIG_DIGEST = "0123456789abcdef"
 
 
-def service_env(**overrides):
-    """A clean environment: nothing from the caller's TORCH_BACKEND_*/USE_NNPACK/NOTIFY_SOCKET."""
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("TORCH_BACKEND_") or k in ("USE_NNPACK", "NOTIFY_SOCKET",
-                                                           "PYTHONPATH", "TORCH_CPP_LOG_LEVEL"))}
-    env.update({
-        "PYTHONPATH": str(PKG_DIR),
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "TORCH_BACKEND_HOST": "127.0.0.1",
-        "TORCH_BACKEND_PORT": "0",   # the server picks a free port and logs it
-        "TORCH_BACKEND_MODEL_DIR": "/nonexistent/torch-backend-models",
-    })
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
-
-
-class ServerProcess:
-    """A real `python -m torch_backend serve` subprocess on 127.0.0.1."""
-
-    def __init__(self, tmp_dir, env=None, wrapper=(), name="server", python=None):
-        self.tmp_dir = Path(tmp_dir)
-        self.python = str(python or sys.executable)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.stderr_path = self.tmp_dir / f"{name}.stderr"
-        self.env = service_env(**(env or {}))
-        self.wrapper = list(wrapper)
-        self.proc = None
-        self.port = None
-
-    def start(self):
-        self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(
-            self.wrapper + [self.python, "-m", "torch_backend", "serve"],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=self._stderr, cwd=self.tmp_dir)
-        return self
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def wait_listening(self, timeout=60.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = LISTEN_RE.search(self.stderr)
-            if match:
-                self.port = int(match.group(1))
-                return self.port
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.stderr}")
-            time.sleep(0.05)
-        raise AssertionError(f"server did not listen within {timeout} s:\n{self.stderr}")
-
-    def wait_ready(self, timeout=120.0):
-        if self.port is None:
-            self.wait_listening(timeout)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.stderr}")
-            try:
-                if self.request("GET", "/v2/health/ready")[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready within {timeout} s:\n{self.stderr}")
-
-    def connect(self, timeout=60.0):
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-
-    def request(self, method, path, body=None, headers=None, timeout=60.0):
-        """One request on a fresh connection: (status, headers dict, body bytes)."""
-        conn = self.connect(timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
+def assert_selftest_answers(srv, count, timeout=60.0):
+    """`count` self-test inferences on one keep-alive connection, each answered 200 with
+    the reference's numbers."""
+    conn = srv.connect(timeout=timeout)
+    try:
+        for _ in range(count):
+            conn.request("POST", SELFTEST_INFER, json.dumps(SELFTEST_PAYLOAD).encode())
             resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-        finally:
-            conn.close()
-
-    def get_json(self, path):
-        status, _, body = self.request("GET", path)
-        return status, json.loads(body)
-
-    def infer(self, model, payload, headers=None):
-        body = payload if isinstance(payload, (bytes, bytearray)) else json.dumps(payload).encode()
-        status, hdrs, data = self.request("POST", f"/v2/models/{model}/infer", body, headers)
-        return status, hdrs, data
-
-    def metrics(self) -> str:
-        return self.request("GET", "/metrics")[2].decode()
-
-    def metric(self, name) -> float:
-        for line in self.metrics().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise AssertionError(f"metric {name} not found")
-
-    def terminate(self, timeout=30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._stderr.close()
-        return self.proc.returncode
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def run_service(env, tmp_dir, timeout=120):
-    """Run `serve` expecting it to exit by itself (config/model errors)."""
-    proc = subprocess.run([sys.executable, "-m", "torch_backend", "serve"],
-                          env=service_env(**env), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout, cwd=tmp_dir)
-    return proc.returncode, proc.stderr
+            body = resp.read()
+            assert resp.status == 200, body
+            assert json.loads(body)["outputs"][0]["data"] == SELFTEST_EXPECTED
+    finally:
+        conn.close()
 
 
 def make_release(base, release_id, complete=True):

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from conftest import NNPACK_WARNING, SELFTEST_INFER, SERVER_CONFIG_DIGEST, drain_datagrams
-from torch_backend import release, selftest
+from conftest import (NNPACK_WARNING, SELFTEST_INFER, SELFTEST_INPUT, SELFTEST_PAYLOAD,
+                      SERVER_CONFIG_DIGEST, drain_datagrams)
+from torch_backend import release
 
-GOOD = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                    "data": selftest.DOCUMENTED_INPUT}]}
-FLAT = [v for row in selftest.DOCUMENTED_INPUT[0][0] for v in row]
+GOOD = SELFTEST_PAYLOAD
+FLAT = [v for row in SELFTEST_INPUT[0][0] for v in row]
 
 
 def good_with(**changes):

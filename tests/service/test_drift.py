@@ -1,19 +1,29 @@
 """CPU drift guard: the role's CPU record (TORCH_BACKEND_CPU_RECORD) vs the CPU the service is on.
 
 Pure tests of the comparison, then real servers on 127.0.0.1 (native CPU), and
-one optional emulated run (qemu-user, -cpu Nehalem) where only torch's CPU
-capability tells the CPUs apart.
+one optional emulated run (qemu-user, -cpu Nehalem). The record for this host
+is the one the role would write: facts of a real nnpack_facts run, shaped as
+tasks/steps/decide.yml shapes them (test_same_cpu.py has the table of CPU pairs).
 """
 
+import functools
 import json
+import os
 import platform
 import re
 import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from conftest import NNPACK_WARNING, SELFTEST_INFER, ServerProcess
-from torch_backend import drift, nnpack, selftest
+from conftest import NNPACK_WARNING, ServerProcess, assert_selftest_answers
+from torch_backend import cpu_identity, drift, nnpack
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module"))
+from nnpack_facts_helpers import VENV_PYTHON, role_record, run_module  # noqa: E402
 
 NEHALEM_RECORD = {
     "fingerprint": "305b35c0b213a2bb",
@@ -22,38 +32,20 @@ NEHALEM_RECORD = {
     "cpu_capability": "DEFAULT", "status": "unsupported_hardware", "available": False,
     "use_nnpack": "0",
 }
-EXPECTED = [v for c in selftest.reference_output(selftest.DOCUMENTED_INPUT)[0]
-            for row in c for v in row]
-SELFTEST_PAYLOAD = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                                "data": selftest.DOCUMENTED_INPUT}]}
 LOG_LINE_RE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) torch_backend")
 
 
-def this_host_record(**overrides):
-    """What the role would record for this host, built independently of the package:
-    first processor block of /proc/cpuinfo + torch's CPU capability."""
-    import torch
+@functools.lru_cache(maxsize=None)
+def _this_host_facts():
+    with tempfile.TemporaryDirectory(prefix="nnpack-facts-") as tmp:
+        run = run_module(tmp, {"python": str(VENV_PYTHON)})
+    assert run.rc == 0 and run.facts["status"] in ("supported", "unsupported_hardware"), run.result
+    return json.dumps(run.facts)
 
-    model, flags = None, set()
-    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.strip():
-                if model is not None or flags:
-                    break
-                continue
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key == "model name" and model is None:
-                model = " ".join(value.split())
-            elif key in ("flags", "features") and not flags:
-                flags = set(value.split())
-    record = {
-        "fingerprint": "0123456789abcdef",
-        "cpu_model": model,
-        "cpu_flags": {k: k in flags for k in ("avx", "avx2", "fma", "avx512f")},
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "status": "supported", "available": True, "use_nnpack": "",
-    }
+
+def this_host_record(**overrides):
+    """What the role records for this host: a real nnpack_facts run (once), as decide.yml shapes it."""
+    record = role_record(json.loads(_this_host_facts()))
     record.update(overrides)
     return record
 
@@ -63,10 +55,24 @@ def this_host_record(**overrides):
 def test_compare_identical_and_normalised_model_names():
     rec = this_host_record()
     assert drift.compare(rec, dict(rec)) == []
-    # whitespace and case in the brand string are not a different CPU
+    # whitespace and case in the brand string are not a different CPU (records without a fingerprint)
+    rec.pop("fingerprint")
     cur = dict(rec, cpu_model="  " + (rec["cpu_model"] or "x").upper().replace(" ", "   ") + " ")
     if rec["cpu_model"]:
         assert drift.compare(rec, cur) == []
+
+
+def test_compare_fingerprint_decides_when_both_sides_have_one():
+    rec = dict(NEHALEM_RECORD)
+    # a stepping-only change: model and flags alike, fingerprint not
+    assert drift.compare(rec, dict(rec, fingerprint="0123456789abcdef")) == [
+        {"field": "fingerprint", "recorded": "305b35c0b213a2bb", "current": "0123456789abcdef"}]
+    # equal fingerprints are the same CPU: the other identity fields are not looked at
+    assert drift.compare(rec, dict(rec, cpu_model="Other", cpu_flags={"avx2": True})) == []
+    # a difference names what changed first, then the fingerprint, then the capability
+    other = dict(rec, fingerprint="0123456789abcdef", cpu_flags=dict(rec["cpu_flags"], avx=False),
+                 cpu_capability="AVX2")
+    assert [d["field"] for d in drift.compare(rec, other)] == ["avx", "fingerprint", "cpu_capability"]
 
 
 def test_compare_reports_each_differing_field():
@@ -124,19 +130,40 @@ def test_parse_cpuinfo_first_block_x86_and_arm():
     x86 = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel Core i7 9xx  "
            "(Nehalem Class Core i7)\nflags\t\t: fpu sse4_2 popcnt\n\n"
            "processor\t: 1\nmodel name\t: Other\nflags\t\t: avx avx2 fma\n")
-    assert drift.parse_cpuinfo(x86) == {
-        "cpu_model": "Intel Core i7 9xx (Nehalem Class Core i7)",
-        "cpu_flags": {"avx": False, "avx2": False, "fma": False, "avx512f": False}}
+    ev = cpu_identity.parse_cpuinfo(x86, "x86_64")
+    assert ev["cpu_vendor"] == "GenuineIntel"
+    assert ev["cpu_model"] == "Intel Core i7 9xx (Nehalem Class Core i7)"
+    assert ev["cpu_flags"] == {"avx": False, "avx2": False, "fma": False, "avx512f": False, "asimd": False}
     arm = "processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n"
-    assert drift.parse_cpuinfo(arm)["cpu_model"] == "CPU part 0xd0c"
+    ev = cpu_identity.parse_cpuinfo(arm, "aarch64")
+    assert ev["cpu_model"] == "CPU part 0xd0c" and ev["cpu_flags"]["asimd"] is True
+    assert cpu_identity.parse_cpuinfo(None, "x86_64")["cpu_flags"] is None
 
 
-def test_current_cpu_has_the_record_shape():
+def test_current_cpu_has_the_record_shape_and_the_roles_fingerprint():
     cur = drift.current_cpu()
-    assert set(cur) == {"cpu_model", "cpu_flags", "cpu_capability"}
+    assert set(cur) == {"fingerprint", "fingerprint_source", "cpu_model", "cpu_flags", "cpu_capability"}
     assert set(cur["cpu_flags"]) == {"avx", "avx2", "fma", "avx512f"}
+    # the fingerprint the service computes is the one nnpack_facts gave the role for this host
+    assert cur["fingerprint"] == this_host_record()["fingerprint"]
     assert drift.compare(this_host_record(), cur) == []
-    assert drift.current_cpu("/nonexistent/cpuinfo")["cpu_flags"] is None
+
+
+def test_current_cpu_without_proc_cpuinfo(monkeypatch):
+    monkeypatch.setattr(cpu_identity, "CPUINFO", "/nonexistent/cpuinfo")
+    ev = cpu_identity.gather(use_cpuid=False)
+    assert ev["proc_cpuinfo_readable"] is False and drift.describe(ev, None)["cpu_flags"] is None
+    if platform.machine() == "x86_64":  # CPUID alone gives the whole identity
+        assert drift.current_cpu()["fingerprint"] == this_host_record()["fingerprint"]
+
+
+def test_evidence_falls_back_to_procfs_when_the_cpuid_child_dies(monkeypatch):
+    """As the role's probe is re-run with --no-cpuid when it dies in CPUID."""
+    def crash(rec):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    monkeypatch.setattr(cpu_identity, "cpuid_evidence", crash)
+    ev = drift.gather_evidence()
+    assert ev["evidence_source"] == "procfs+sysfs" and "cpuid_error" not in ev
 
 
 # --- the report and the decision, pure --------------------------------------------------
@@ -145,7 +172,7 @@ def test_current_cpu_has_the_record_shape():
     (None, "no such file"),
     (b"\x00garbage{", "not valid JSON"),
     (b"[1, 2]", "not a JSON object"),
-    (b"{}", "no cpu_model, cpu_flags or cpu_capability"),
+    (b"{}", "no fingerprint, cpu_model, cpu_flags or cpu_capability"),
     (b"{" + b" " * (drift.MAX_RECORD_BYTES + 1) + b"}", "larger than"),
 ])
 def test_unusable_record(tmp_path, content, error):
@@ -235,14 +262,7 @@ def run_server(tmp_path, record, env, wrapper=(), timeout=120.0, inferences=3):
                         wrapper=wrapper).start()
     try:
         srv.wait_ready(timeout=timeout)
-        conn = srv.connect(timeout=timeout)
-        for _ in range(inferences):
-            conn.request("POST", SELFTEST_INFER, json.dumps(SELFTEST_PAYLOAD).encode())
-            resp = conn.getresponse()
-            body = resp.read()
-            assert resp.status == 200, body
-            assert json.loads(body)["outputs"][0]["data"] == EXPECTED
-        conn.close()
+        assert_selftest_answers(srv, inferences, timeout)
         _, meta = srv.get_json("/v2")
         gauges = {name: srv.metric(name)
                   for name in ("torch_backend_cpu_drift", "torch_backend_nnpack_enabled")}
@@ -313,7 +333,7 @@ def test_unusable_record_warns_once_and_serves(tmp_path, record, error):
     assert gauges["torch_backend_cpu_drift"] == 0
 
 
-# --- optional: emulated CPU, only the capability differs -------------------------------------
+# --- optional: emulated CPU ----------------------------------------------------------------
 
 QEMU = shutil.which("qemu-x86_64-static")
 
@@ -324,19 +344,26 @@ QEMU = shutil.which("qemu-x86_64-static")
                     reason="needs qemu-x86_64-static on an x86_64 host")
 def test_qemu_nehalem_with_this_hosts_record(tmp_path):
     record = this_host_record(status="supported", available=True, use_nnpack="")
-    if record["cpu_capability"] == "DEFAULT":
-        pytest.skip("this host's own capability is DEFAULT: nothing for Nehalem to differ in")
     stderr, meta, gauges = run_server(tmp_path, record, {"USE_NNPACK": None},
                                       wrapper=[QEMU, "-cpu", "Nehalem"], timeout=900,
                                       inferences=5)
     (line,) = [ln for ln in stderr.splitlines() if "CPU drift" in ln]
     print(f"\ndrift log line: {line}")
-    assert f"cpu_capability {record['cpu_capability']}->DEFAULT" in line, line
+    if record["cpu_capability"] != "DEFAULT":
+        assert f"cpu_capability {record['cpu_capability']}->DEFAULT" in line, line
     assert "supported, USE_NNPACK unset" in line and "NNPACK disabled for this CPU" in line
     assert "re-run the deploy playbook to make this permanent" in line
     assert "nnpack=disabled (drift: probe: Unsupported hardware)" in startup_line(stderr)
     cd = meta["cpu_drift"]
     assert cd["detected"] is True
-    # /proc/cpuinfo shows the host under qemu-user: the capability is the only difference
-    assert [d["field"] for d in cd["differences"]] == ["cpu_capability"]
+    # /proc/cpuinfo shows the host under qemu-user, CPUID the emulated CPU: the service sees the
+    # Nehalem, with the fingerprint the role's probe under the same emulator records for it
+    assert "Nehalem" in cd["current_cpu"]
+    fields = [d["field"] for d in cd["differences"]]
+    assert fields[0] == "cpu_model" and "fingerprint" in fields, fields
+    fingerprint = [d for d in cd["differences"] if d["field"] == "fingerprint"][0]
+    assert fingerprint == {"field": "fingerprint", "recorded": record["fingerprint"],
+                           "current": "305b35c0b213a2bb"}
+    if record["cpu_capability"] != "DEFAULT":   # torch's capability: the extra signal
+        assert fields[-1] == "cpu_capability", fields
     assert gauges == {"torch_backend_cpu_drift": 1, "torch_backend_nnpack_enabled": 0}

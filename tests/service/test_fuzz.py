@@ -1,15 +1,16 @@
 """Property: whatever the body, the server answers without a 5xx and stays up.
 
-The generators live in fuzzgen.py, shared with scripts/fuzz-service (which
-sends 10,000 and more of them, plus HTTP-level garbage, to a server of its own).
+The generators live in fuzz/strategies.py, shared with the fuzzer (python -m
+tests.service.fuzz, which sends 10,000 and more of them, plus HTTP-level garbage,
+to a server of its own).
 """
 
 import json
 
 from hypothesis import HealthCheck, given, settings
 
-from fuzzgen import requests
-from torch_backend import selftest
+from conftest import SELFTEST_PAYLOAD
+from fuzz.strategies import requests
 
 
 # derandomize: the same 300 examples on every run (reproducible CI); explore more
@@ -35,8 +36,6 @@ def test_fuzzed_bodies_never_give_5xx(server, req):
 
 def test_server_alive_after_fuzzing(server):
     assert server.get_json("/v2/health/ready")[0] == 200
-    payload = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                           "data": selftest.DOCUMENTED_INPUT}]}
-    status, _, body = server.infer("conv2d-selftest", payload)
+    status, _, body = server.infer("conv2d-selftest", SELFTEST_PAYLOAD)
     assert status == 200 and len(json.loads(body)["outputs"][0]["data"]) == 128
     assert server.proc.poll() is None

@@ -1,8 +1,9 @@
-"""scripts/fuzz-service at full scale: 10,000 generated requests against a real server.
+"""The fuzzer (tests/service/fuzz) at full scale: 10,000 generated requests against a real server.
 
-The script starts its own server (built-in model only, default limits), so
-this does not use the shared `server` fixture. Slow: minutes on a busy
-machine, most of it the three near-limit (16 MiB) requests at the end.
+Run as a person runs it, `python -m tests.service.fuzz` from the repository root. It
+starts its own server (built-in model only, default limits), so this does not use the
+shared `server` fixture. Slow: minutes on a busy machine, most of it the three
+near-limit (16 MiB) requests at the end.
 """
 
 import re
@@ -13,15 +14,13 @@ import pytest
 
 from conftest import REPO
 
-SCRIPT = REPO / "scripts" / "fuzz-service"
-
 
 @pytest.mark.slow
 def test_fuzz_service_10000_requests(tmp_path):
     log = tmp_path / "server.stderr"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--cases", "10000", "--seed", "0",
-                           "--server-log", str(log)],
-                          capture_output=True, text=True, timeout=1800, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "tests.service.fuzz", "--cases", "10000",
+                           "--seed", "0", "--server-log", str(log)],
+                          capture_output=True, text=True, timeout=1800, cwd=REPO)
     out = proc.stdout
     tail = out[-6000:] + proc.stderr[-3000:]
     assert proc.returncode == 0, tail

@@ -6,14 +6,12 @@ oneDNN declines, which includes the conv2d-selftest model. Each test runs one
 emulated server (about a minute on a small machine).
 """
 
-import json
 import platform
 import shutil
 
 import pytest
 
-from conftest import NNPACK_WARNING, SELFTEST_INFER, ServerProcess
-from torch_backend import selftest
+from conftest import NNPACK_WARNING, ServerProcess, assert_selftest_answers
 
 QEMU = shutil.which("qemu-x86_64-static")
 pytestmark = [
@@ -22,8 +20,6 @@ pytestmark = [
                        reason="needs qemu-x86_64-static on an x86_64 host"),
 ]
 INFERENCES = 20
-EXPECTED = [v for c in selftest.reference_output(selftest.DOCUMENTED_INPUT)[0]
-            for row in c for v in row]
 
 
 def run_emulated(tmp_path, use_nnpack):
@@ -31,17 +27,7 @@ def run_emulated(tmp_path, use_nnpack):
                         wrapper=[QEMU, "-cpu", "Nehalem"]).start()
     try:
         srv.wait_ready(timeout=900)
-        payload = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8],
-                                          "datatype": "FP32",
-                                          "data": selftest.DOCUMENTED_INPUT}]}).encode()
-        conn = srv.connect(timeout=120)
-        for _ in range(INFERENCES):
-            conn.request("POST", SELFTEST_INFER, payload)
-            resp = conn.getresponse()
-            body = resp.read()
-            assert resp.status == 200, body
-            assert json.loads(body)["outputs"][0]["data"] == EXPECTED
-        conn.close()
+        assert_selftest_answers(srv, INFERENCES, timeout=120)
         _, meta = srv.get_json("/v2")
         metrics = srv.metrics()
         assert srv.terminate(timeout=120) == 0, srv.stderr

@@ -1,47 +1,35 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, torch-backend contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Preflight for ``pytorch_backend_models``: the same rules the service applies when it
-loads a model's metadata (torch_backend/models.py), checked on the controller before the
-host is touched, so a model the service would refuse never makes a release."""
+"""Preflight for ``pytorch_backend_models``: the rules the service applies when it loads a
+model's name and metadata, checked on the controller before the host is touched, so a model
+the service would refuse never makes a release.
+
+The rules are the service's own: torch_backend/model_rules.py of the package this role
+deploys (files/torch-backend/), loaded by path. Only what concerns the controller is
+added here: every key present, ``file`` a path, ``sha256`` required (the service takes
+models without one)."""
 
 from __future__ import annotations
 
-import re
+import types
+from pathlib import Path
 
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
-DATATYPES = ("FP32", "FP64", "INT32", "INT64")
+RULES_FILE = Path(__file__).resolve().parents[1] / "files" / "torch-backend" / "torch_backend" / "model_rules.py"
 KEYS = ("name", "file", "sha256", "inputs", "outputs")
 
 
-def _whole(value):
-    # isinstance, not type(): ansible-core 2.19 hands over tagged int subclasses
-    return isinstance(value, int) and not isinstance(value, bool)
+def _load_rules():
+    # Compiled from source, not imported: no bytecode may be written into the role's files
+    # (they are what a release is built from), and nothing of the package beyond this one
+    # standard-library file is loaded on the controller.
+    module = types.ModuleType("pytorch_backend_model_rules")
+    module.__file__ = str(RULES_FILE)
+    exec(compile(RULES_FILE.read_text(encoding="utf-8"), str(RULES_FILE), "exec"), module.__dict__)
+    return module
 
 
-def _tensor_problems(where, specs):
-    if not isinstance(specs, list) or not specs:
-        return ["%s must be a non-empty list" % where]
-    problems, seen = [], set()
-    for i, spec in enumerate(specs):
-        at = "%s[%d]" % (where, i)
-        if not isinstance(spec, dict):
-            problems.append("%s must be a mapping with name, datatype and shape" % at)
-            continue
-        name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-        if not isinstance(name, str) or not name or "\n" in name:
-            problems.append("%s.name must be a non-empty single-line string" % at)
-        elif name in seen:
-            problems.append("%s.name %r is repeated" % (at, name))
-        else:
-            seen.add(name)
-        if datatype not in DATATYPES:
-            problems.append("%s.datatype must be one of %s" % (at, ", ".join(DATATYPES)))
-        if (not isinstance(shape, list) or not shape
-                or not all(_whole(d) and (d == -1 or d >= 1) for d in shape)):
-            problems.append("%s.shape must be a non-empty list of whole numbers >= 1 or -1" % at)
-    return problems
+rules = _load_rules()
 
 
 def model_problems(models):
@@ -58,10 +46,9 @@ def model_problems(models):
         if missing:
             problems.append("%s lacks %s" % (at, ", ".join(missing)))
         name = model.get("name")
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            problems.append("%s name must be lower-case letters, digits, '_', '.', '-', at most 128" % at)
-        elif name == "conv2d-selftest":
-            problems.append("%s may not be named conv2d-selftest (the built-in self-test)" % at)
+        name_problems = rules.name_problems(name)
+        if name_problems:
+            problems.extend("%s %s" % (at, p) for p in name_problems)
         elif name in names:
             problems.append("%s name %r is repeated" % (at, name))
         else:
@@ -70,12 +57,11 @@ def model_problems(models):
         if "file" in model and (not isinstance(model["file"], str) or not model["file"].strip()
                                 or "\n" in model["file"]):
             problems.append("%s file must be a path on the controller" % at)
-        if "sha256" in model and (not isinstance(model["sha256"], str)
-                                  or not SHA256_RE.fullmatch(model["sha256"])):
-            problems.append("%s sha256 must be 64 lower-case hex digits" % at)
+        if "sha256" in model:
+            problems.extend("%s %s" % (at, p) for p in rules.sha256_problems(model["sha256"]))
         for key in ("inputs", "outputs"):
             if key in model:
-                problems.extend(_tensor_problems("%s %s" % (at, key), model[key]))
+                problems.extend(rules.tensor_problems("%s %s" % (at, key), model[key]))
     return problems
 
 

@@ -17,10 +17,17 @@ stderr-captured probe of :mod:`nnpack`) and says so in one WARNING line, in
 ``GET /v2`` (``cpu_drift``) and in ``/metrics`` (``torch_backend_cpu_drift``)
 until a deploy records the new CPU.
 
-Describing the current CPU never touches NNPACK: it reads /proc/cpuinfo (the
-first processor block, as the role does) and
-``torch.backends.cpu.get_cpu_capability()``, which also catches emulated CPUs
-(qemu-user) whose /proc/cpuinfo shows the host's CPU.
+"Same CPU" has one definition, shared with the role: equal fingerprints
+(:func:`cpu_identity.fingerprint` of :func:`cpu_identity.gather`'s evidence:
+vendor, model, family/model/stepping, architecture, the NNPACK-relevant flags,
+cache enumeration). The role's ``nnpack_facts`` module runs that same file
+(its module_utils/cpu_identity.py is a symlink to it) and records the
+fingerprint; the service computes the fingerprint of the CPU it runs on and
+compares. ``cpu_model`` and the flags are compared only to say what changed,
+or, for a record without a fingerprint, instead of it. torch's
+``get_cpu_capability()`` is compared too, as an extra signal: it sees an
+emulated CPU even where the evidence could only come from /proc/cpuinfo,
+which shows the host under qemu-user. None of this touches NNPACK.
 
 A field missing from the record (older records have no ``cpu_flags`` or
 ``cpu_capability``), null in it, or unknown on this host is "unknown, not
@@ -29,15 +36,17 @@ compared": only known-on-both-sides values can differ.
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from . import cpu_identity
 from .nnpack import Decision, decide, probe
 
 FLAGS = ("avx", "avx2", "fma", "avx512f")
 MAX_RECORD_BYTES = 64 * 1024
-CPUINFO = "/proc/cpuinfo"
 PERMANENT = "re-run the deploy playbook to make this permanent"
 
 
@@ -71,10 +80,10 @@ def load_record(path: str) -> dict:
         raise RecordError(f"not valid JSON: {exc}") from None
     if not isinstance(record, dict):
         raise RecordError(f"not a JSON object but {type(record).__name__}")
-    if not recorded_cpu(record) and not any(
+    if not _clean(record.get("fingerprint")) and not recorded_cpu(record) and not any(
             isinstance(v, bool) for v in _flags(record).values()) \
             and not _clean(record.get("cpu_capability")):
-        raise RecordError("no cpu_model, cpu_flags or cpu_capability to compare")
+        raise RecordError("no fingerprint, cpu_model, cpu_flags or cpu_capability to compare")
     return record
 
 
@@ -87,38 +96,62 @@ def recorded_cpu(desc: dict) -> Optional[str]:
     return _clean(desc.get("cpu_model"))
 
 
-def parse_cpuinfo(text: str) -> dict:
-    """cpu_model and cpu_flags from /proc/cpuinfo text, read like the role reads it:
-    the first processor block; "model name", else (Arm) "CPU part"."""
-    info: dict = {}
-    for line in text.splitlines():
-        if not line.strip():
-            if info:
-                break
-            continue
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip().lower(), value.strip())
-    model = _clean(info.get("model name"))
-    if model is None and "cpu part" in info:
-        model = "CPU part " + info["cpu part"]
-    words = set((info.get("flags") or info.get("features") or "").split())
-    return {"cpu_model": model, "cpu_flags": {name: name in words for name in FLAGS}}
+def describe(evidence: dict, capability: Optional[str]) -> dict:
+    """A CPU in the record's shape, from cpu_identity evidence and torch's capability: the
+    fingerprint the role's probe computes for it, cpu_model, the four flags (None: unknown)."""
+    fingerprint, source = cpu_identity.fingerprint(evidence)
+    flags = evidence.get("cpu_flags")
+    return {"fingerprint": fingerprint, "fingerprint_source": source,
+            "cpu_model": evidence.get("cpu_model"),
+            "cpu_flags": {name: flags.get(name) for name in FLAGS} if isinstance(flags, dict) else None,
+            "cpu_capability": capability}
 
 
-def current_cpu(cpuinfo_path: str = CPUINFO) -> dict:
-    """This CPU, in the record's shape. Unknown parts are None. Never touches NNPACK."""
+def gather_evidence() -> dict:
+    """:func:`cpu_identity.gather`, run the way the role's probe runs it.
+
+    CPUID executes machine code through ctypes, so it runs in a forked child
+    (fork, not exec: the same CPU as the service, also under qemu-user). If the
+    child dies, the evidence is read again without CPUID, as the role's probe is
+    run again with --no-cpuid: both sides then fingerprint the same evidence.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into the caller's code
+        try:
+            os.close(read_fd)
+            faulthandler.disable()
+            data = json.dumps(cpu_identity.gather()).encode()
+            while data:
+                data = data[os.write(write_fd, data):]
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    chunks = []
     try:
-        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
-            desc = parse_cpuinfo(f.read())
-    except OSError:
-        desc = {"cpu_model": None, "cpu_flags": None}
+        while True:
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        return cpu_identity.gather(use_cpuid=False)
+
+
+def current_cpu() -> dict:
+    """This CPU, in the record's shape (see :func:`describe`). Never touches NNPACK."""
     try:
         import torch
 
-        desc["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
+        capability = str(torch.backends.cpu.get_cpu_capability())
     except Exception:  # noqa: BLE001 - describing the CPU must never stop start-up
-        desc["cpu_capability"] = None
-    return desc
+        capability = None
+    return describe(gather_evidence(), capability)
 
 
 # --- the comparison (pure) -----------------------------------------------------------
@@ -126,19 +159,28 @@ def current_cpu(cpuinfo_path: str = CPUINFO) -> dict:
 def compare(recorded: dict, current: dict) -> list:
     """Fields known on both sides that differ: [{"field", "recorded", "current"}].
 
-    Compared: cpu_model (whitespace-collapsed, case-insensitive), the flags
-    avx/avx2/fma/avx512f (booleans only), cpu_capability. Anything missing,
-    null or of the wrong type on either side is unknown and not compared.
+    With a fingerprint on both sides, the CPU is the same exactly when they are
+    equal; when they differ, cpu_model (whitespace-collapsed, case-insensitive)
+    and the flags avx/avx2/fma/avx512f (booleans only) that differ are listed
+    first, to say what changed, then the fingerprint. Without a fingerprint on
+    either side, cpu_model and the flags decide. cpu_capability is always
+    compared. Anything missing, null or of the wrong type on either side is
+    unknown and not compared.
     """
     differences = []
-    old, new = recorded_cpu(recorded), recorded_cpu(current)
-    if old is not None and new is not None and old.casefold() != new.casefold():
-        differences.append({"field": "cpu_model", "recorded": old, "current": new})
-    old_flags, new_flags = _flags(recorded), _flags(current)
-    for name in FLAGS:
-        old, new = old_flags.get(name), new_flags.get(name)
-        if isinstance(old, bool) and isinstance(new, bool) and old != new:
-            differences.append({"field": name, "recorded": old, "current": new})
+    old_print, new_print = _clean(recorded.get("fingerprint")), _clean(current.get("fingerprint"))
+    both_printed = old_print is not None and new_print is not None
+    if not both_printed or old_print != new_print:
+        old, new = recorded_cpu(recorded), recorded_cpu(current)
+        if old is not None and new is not None and old.casefold() != new.casefold():
+            differences.append({"field": "cpu_model", "recorded": old, "current": new})
+        old_flags, new_flags = _flags(recorded), _flags(current)
+        for name in FLAGS:
+            old, new = old_flags.get(name), new_flags.get(name)
+            if isinstance(old, bool) and isinstance(new, bool) and old != new:
+                differences.append({"field": name, "recorded": old, "current": new})
+        if both_printed:
+            differences.append({"field": "fingerprint", "recorded": old_print, "current": new_print})
     old, new = _clean(recorded.get("cpu_capability")), _clean(current.get("cpu_capability"))
     if old is not None and new is not None and old != new:
         differences.append({"field": "cpu_capability", "recorded": old, "current": new})
@@ -224,15 +266,14 @@ class DriftReport:
                 f"{state} for this CPU ({decision.reason}); {PERMANENT}")
 
 
-def check(path: Optional[str], current: Optional[dict] = None,
-          cpuinfo_path: str = CPUINFO) -> DriftReport:
+def check(path: Optional[str], current: Optional[dict] = None) -> DriftReport:
     """Compare the record at ``path`` with this CPU. Never raises."""
     if not path:
         return DriftReport(detected=False)
     try:
         record = load_record(path)
         if current is None:
-            current = current_cpu(cpuinfo_path)
+            current = current_cpu()
         differences = tuple(compare(record, current))
     except RecordError as exc:
         return DriftReport(detected=None, path=path, error=str(exc))

@@ -7,8 +7,10 @@ and ``NAME.json``::
      "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 1000]}],
      "sha256": "<hex of NAME.pt>"}          # optional; verified before loading
 
--1 marks a variable dimension. Every problem is a ModelError naming the model:
-the service refuses to start rather than serve half its models.
+-1 marks a variable dimension. Names and metadata follow model_rules.py, the
+rules the role's preflight applies on the controller too. Every problem is a
+ModelError naming the model: the service refuses to start rather than serve
+half its models.
 """
 
 from __future__ import annotations
@@ -16,19 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, List, Sequence
 
 import numpy as np
 
-from . import selftest
+from . import model_rules, selftest
 
 PLATFORM = "pytorch_torchscript"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
-# Open Inference Protocol datatype -> numpy dtype (little-endian on the wire).
+# Open Inference Protocol datatype (model_rules.DATATYPES) -> numpy dtype (little-endian
+# on the wire).
 DATATYPES = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
@@ -57,28 +57,32 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
+def _first(model: str, problems: List[str]) -> None:
+    if problems:
+        raise ModelError(model, problems[0])
+
+
+def check_name(name: str) -> None:
+    """A ModelError unless `name` may name a model from the model directory."""
+    _first(name, model_rules.name_problems(name))
+
+
 def _parse_specs(model: str, meta: dict, key: str) -> List[TensorSpec]:
     items = meta.get(key)
-    if not isinstance(items, list) or not items:
-        raise ModelError(model, f"metadata {key!r} must be a non-empty list")
-    specs, seen = [], set()
-    for i, item in enumerate(items):
-        where = f"metadata {key}[{i}]"
-        if not isinstance(item, dict):
-            raise ModelError(model, f"{where} must be an object")
-        name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
-        if not isinstance(name, str) or not name:
-            raise ModelError(model, f"{where}.name must be a non-empty string")
-        if name in seen:
-            raise ModelError(model, f"{where}.name {name!r} is repeated")
-        seen.add(name)
-        if datatype not in DATATYPES:
-            raise ModelError(model, f"{where}.datatype must be one of {sorted(DATATYPES)}")
-        if (not isinstance(shape, list) or not shape
-                or not all(type(d) is int and (d == -1 or d >= 1) for d in shape)):
-            raise ModelError(model, f"{where}.shape must be a non-empty list of ints >= 1 or -1")
-        specs.append(TensorSpec(name, datatype, tuple(shape)))
-    return specs
+    _first(model, model_rules.tensor_problems(f"metadata {key}", items))
+    return [TensorSpec(item["name"], item["datatype"], tuple(item["shape"])) for item in items]
+
+
+def check_metadata(name: str, meta: Any) -> tuple:
+    """(inputs, outputs) of a model's metadata; a ModelError if it breaks a rule
+    (a sha256, optional here, must be well-formed when given)."""
+    if not isinstance(meta, dict):
+        raise ModelError(name, "metadata must be a JSON object")
+    inputs = _parse_specs(name, meta, "inputs")
+    outputs = _parse_specs(name, meta, "outputs")
+    if meta.get("sha256") is not None:
+        _first(name, ["metadata " + p for p in model_rules.sha256_problems(meta["sha256"])])
+    return inputs, outputs
 
 
 def sha256_file(path: str) -> str:
@@ -161,17 +165,14 @@ def load_file_model(name: str, pt_path: str, json_path: str) -> Model:
         raise ModelError(name, f"cannot read metadata {json_path}: {exc}") from None
     if not isinstance(meta, dict):
         raise ModelError(name, f"metadata {json_path} must be a JSON object")
-    inputs = _parse_specs(name, meta, "inputs")
-    outputs = _parse_specs(name, meta, "outputs")
+    inputs, outputs = check_metadata(name, meta)
 
     expected = meta.get("sha256")
     if expected is not None:
-        if not isinstance(expected, str) or not SHA256_RE.match(expected):
-            raise ModelError(name, "metadata sha256 must be 64 hex digits")
         actual = sha256_file(pt_path)
-        if actual != expected.lower():
+        if actual != expected:
             raise ModelError(name, f"sha256 mismatch for {pt_path}: metadata says "
-                                   f"{expected.lower()}, file has {actual}; refusing to load")
+                                   f"{expected}, file has {actual}; refusing to load")
     try:
         module = torch.jit.load(pt_path, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds
@@ -195,10 +196,7 @@ def scan_model_dir(model_dir: str) -> List[tuple]:
             stems.setdefault(stem, set()).add(ext)
     found = []
     for name, exts in sorted(stems.items()):
-        if not NAME_RE.match(name):
-            raise ModelError(name, "invalid model name (allowed: letters, digits, '_', '.', '-')")
-        if name == selftest.MODEL_NAME:
-            raise ModelError(name, "name is reserved for the built-in self-test model")
+        check_name(name)
         if exts != {".pt", ".json"}:
             missing = ({".pt", ".json"} - exts).pop()
             raise ModelError(name, f"{name}{missing} is missing in {model_dir}")

@@ -1,6 +1,7 @@
 """The NNPACK decision: made once, at start-up, before any model is loaded.
 
-Why this module exists (see NNPACK.md in the project):
+Why this module exists (see "NNPACK" in this package's README.md; the
+hardware NNPACK needs is in the notes of ``ansible-doc nnpack_facts``):
 
 * The ``USE_NNPACK`` environment variable is a *build-time* switch; stock
   wheels ignore it at run time. The only run-time switch is

@@ -1,7 +1,8 @@
-"""The built-in ``conv2d-selftest`` model and its pure-Python reference.
+"""The built-in ``conv2d-selftest`` model.
 
-Exact definition (the Ansible verifier recomputes it independently, so this
-must never change):
+Exact definition (the Ansible verifier recomputes its output independently,
+in plain Python on the controller: roles/pytorch_backend/filter_plugins/selftest.py,
+the one reference, which the tests use too; so this must never change):
 
 * input ``input``  FP32, shape [-1, 1, 8, 8]
 * output ``output`` FP32, shape [-1, 2, 8, 8]
@@ -26,12 +27,14 @@ Why this shape: a batch-1 3x3 convolution on a tiny single-channel image is
 one that oneDNN declines, so torch asks NNPACK first; on a CPU where NNPACK
 cannot initialize that is exactly the call that prints the warning.
 
-Nothing here imports torch at module level: the reference is usable without it.
+Nothing here imports torch at module level (build_model does).
 """
 
 from __future__ import annotations
 
-MODEL_NAME = "conv2d-selftest"
+from . import model_rules
+
+MODEL_NAME = model_rules.SELFTEST_MODEL   # reserved there: no other model may have it
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 INPUT_SHAPE = [-1, 1, 8, 8]
@@ -42,37 +45,6 @@ WEIGHTS = (
     ((0, 1, 0), (1, -4, 1), (0, 1, 0)),
 )
 BIAS = (0.5, -0.25)
-
-# Shape [1, 1, 8, 8] as nested lists.
-DOCUMENTED_INPUT = [[[[float(((3 * i + 5 * j) % 11) - 5) for j in range(8)] for i in range(8)]]]
-
-
-def reference_output(x):
-    """Pure-Python forward pass; x is nested lists shaped [B, 1, H, W].
-
-    Returns nested lists shaped [B, 2, H, W] (padding 1 keeps H and W).
-    """
-    out = []
-    for image in x:
-        plane = image[0]
-        h, w = len(plane), len(plane[0])
-        channels = []
-        for kernel, bias in zip(WEIGHTS, BIAS):
-            rows = []
-            for i in range(h):
-                row = []
-                for j in range(w):
-                    acc = 0.0
-                    for di in range(3):
-                        for dj in range(3):
-                            ii, jj = i + di - 1, j + dj - 1
-                            if 0 <= ii < h and 0 <= jj < w:
-                                acc += kernel[di][dj] * plane[ii][jj]
-                    row.append(acc + bias)
-                rows.append(row)
-            channels.append(rows)
-        out.append(channels)
-    return out
 
 
 def build_model():

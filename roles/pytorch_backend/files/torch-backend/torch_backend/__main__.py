@@ -37,8 +37,8 @@ def serve() -> int:
     from . import drift, models, nnpack
     from .server import App, Service
 
-    # Is this the CPU the role decided USE_NNPACK for? (Reads /proc/cpuinfo and
-    # torch's CPU capability only: NNPACK is not touched.)
+    # Is this the CPU the role decided USE_NNPACK for? (The role's fingerprint
+    # rule and torch's CPU capability: NNPACK is not touched.)
     cpu_drift = drift.check(cfg.cpu_record)
     if cpu_drift.detected is None:
         log.warning("%s", cpu_drift.error_line())

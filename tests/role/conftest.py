@@ -32,3 +32,22 @@ def playbook(tmp_path):
     def _run(text, extra_vars=None, check=False):
         return run_playbook(tmp_path, text, extra_vars, check)
     return _run
+
+
+# A play on localhost with the role's defaults and vars that gives the extra var `facts` as the
+# probe's NNPACK facts and runs the role's own decision (tasks/steps/decide.yml); tests append
+# their tasks (at the same indentation) to look at what it decided.
+DECIDE_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  vars_files:
+    - ROLE/defaults/main.yml
+    - ROLE/vars/main.yml
+  tasks:
+    - name: Give the facts
+      ansible.builtin.set_fact:
+        ansible_facts:
+          nnpack: "{{ facts }}"
+    - name: Decide as the role does (its own decide.yml)
+      ansible.builtin.include_tasks: ROLE/tasks/steps/decide.yml
+""".replace("ROLE", str(ROLE))

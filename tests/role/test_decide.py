@@ -9,22 +9,9 @@ import json
 
 import pytest
 
-from conftest import ROLE
+from conftest import DECIDE_PLAY
 
-PLAY = """
-- hosts: localhost
-  gather_facts: false
-  vars_files:
-    - {role}/defaults/main.yml
-    - {role}/vars/main.yml
-  tasks:
-    - name: Give the facts
-      ansible.builtin.set_fact:
-        ansible_facts:
-          nnpack: "{{{{ facts }}}}"
-    - name: Decide
-      ansible.builtin.include_tasks: {role}/tasks/steps/decide.yml
-    - name: Write the decision down
+TASKS = """    - name: Write the decision down
       ansible.builtin.copy:
         content: "{{{{ {{'record': _pytorch_backend_record, 'off': _pytorch_backend_use_nnpack_off, 'kept': _pytorch_backend_kept_record}} | to_json }}}}"
         dest: "{out}"
@@ -45,7 +32,7 @@ def facts(cpu, status, available):
 
 def decide(playbook, tmp_path, nnpack, record, probe_python):
     state = {"contentstate": base64.b64encode((json.dumps(record) + "\n").encode()).decode() if record else ""}
-    result = playbook(PLAY.format(role=ROLE, out=tmp_path / "decision.json"), extra_vars={"facts": nnpack, "_pytorch_backend_state": state,
+    result = playbook(DECIDE_PLAY + TASKS.format(out=tmp_path / "decision.json"), extra_vars={"facts": nnpack, "_pytorch_backend_state": state,
                                                           "_pytorch_backend_probe_python": probe_python})
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]

@@ -5,24 +5,11 @@ templates and the decision write; the probe has its own tests in tests/module.
 """
 import pytest
 
-from conftest import ROLE
+from conftest import DECIDE_PLAY, ROLE
 
 STATUSES = ["supported", "unsupported_hardware", "cpuinfo_failed", "probe_failed", "torch_missing"]
 
-PLAY = """
-- hosts: localhost
-  gather_facts: false
-  vars_files:
-    - {role}/defaults/main.yml
-    - {role}/vars/main.yml
-  tasks:
-    - name: Give the facts
-      ansible.builtin.set_fact:
-        ansible_facts:
-          nnpack: "{{{{ facts }}}}"
-    - name: Decide as the role does (its own decide.yml)
-      ansible.builtin.include_tasks: {role}/tasks/steps/decide.yml
-    - name: Render
+TASKS = """    - name: Render
       ansible.builtin.template:
         src: "{role}/templates/{template}"
         dest: "{dest}"
@@ -35,7 +22,7 @@ FRESH_HOST = {"_pytorch_backend_state": {"contentstate": ""}, "_pytorch_backend_
 
 def render(playbook, tmp_path, template, facts, **extra):
     dest = tmp_path / "out"
-    result = playbook(PLAY.format(role=ROLE, template=template, dest=dest), extra_vars=dict(FRESH_HOST, facts=facts, **extra))
+    result = playbook(DECIDE_PLAY + TASKS.format(role=ROLE, template=template, dest=dest), extra_vars=dict(FRESH_HOST, facts=facts, **extra))
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return dest.read_text()
 

@@ -1,0 +1,54 @@
+"""playbooks/audit.yml against this machine (connection local, no become): a real probe with the
+controller's torch, the role's own decision, and the fleet report it writes.
+
+This machine's CPU initializes NNPACK (TESTBED.md: native, AVX-512), so a deploy would leave
+USE_NNPACK unset; the CPU record of a "last deploy" is given through the role's fact-file path.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BIN, ROOT
+
+
+def audit(tmp_path, record=None):
+    fact = tmp_path / "torch_backend.fact"
+    if record is not None:
+        fact.write_text(json.dumps(record) + "\n")
+    reports = tmp_path / "reports"
+    extra = {"ansible_become": False, "pytorch_backend_python": sys.executable,
+             "pytorch_backend_base_dir": str(tmp_path / "base"), "pytorch_backend_reports_dir": str(reports),
+             "_pytorch_backend_fact_file": str(fact), "pytorch_backend_probe_timeout": 300}
+    (tmp_path / "vars.json").write_text(json.dumps(extra))
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+               ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_NOCOLOR="1")
+    result = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                             str(ROOT / "playbooks" / "audit.yml"), "-e", "@" + str(tmp_path / "vars.json")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    rows = json.loads((reports / "audit.json").read_text())["hosts"]
+    assert [r["host"] for r in rows] == ["localhost"]
+    assert (reports / "audit.md").read_text().count("| localhost |") == 1
+    return rows[0]
+
+
+@pytest.mark.slow
+def test_audit_of_an_undeployed_host(tmp_path):
+    row = audit(tmp_path)
+    assert row["nnpack"] == "supported" and row["available"] is True
+    assert row["would_write"] == "unset" and row["deployed"] == "not deployed"
+    assert row["drift"] is False and row["recorded_fingerprint"] is None
+
+
+@pytest.mark.slow
+def test_audit_reads_the_recorded_verdict_and_the_cpu_change(tmp_path):
+    # a record as a deploy on another CPU left it: NNPACK off, another fingerprint
+    row = audit(tmp_path, {"fingerprint": "0000000000000000", "cpu_model": "Old CPU", "cpu_flags": {},
+                           "cpu_capability": "DEFAULT", "status": "unsupported_hardware", "available": False,
+                           "use_nnpack": "0"})
+    assert row["deployed"] == "USE_NNPACK=0" and row["would_write"] == "unset"
+    assert row["drift"] is True and row["recorded_fingerprint"] == "0000000000000000"
+    assert row["fingerprint"] != "0000000000000000"

@@ -11,7 +11,7 @@ ROLE = ROOT / "roles" / "pytorch_backend"
 BIN = Path(sys.executable).parent
 
 
-def run_playbook(tmp_path, playbook_text, extra_vars=None, check=False):
+def run_playbook(tmp_path, playbook_text, extra_vars=None, check=False, args=()):
     """Run a playbook against localhost (connection local) and return the completed process."""
     playbook = tmp_path / "play.yml"
     playbook.write_text(playbook_text)
@@ -22,6 +22,7 @@ def run_playbook(tmp_path, playbook_text, extra_vars=None, check=False):
         cmd += ["-e", "@" + str(varfile)]
     if check:
         cmd.append("--check")
+    cmd += list(args)
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_FORCE_COLOR="0",
                ANSIBLE_NOCOLOR="1", ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_INVENTORY="localhost,")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
@@ -29,8 +30,8 @@ def run_playbook(tmp_path, playbook_text, extra_vars=None, check=False):
 
 @pytest.fixture
 def playbook(tmp_path):
-    def _run(text, extra_vars=None, check=False):
-        return run_playbook(tmp_path, text, extra_vars, check)
+    def _run(text, extra_vars=None, check=False, args=()):
+        return run_playbook(tmp_path, text, extra_vars, check, args)
     return _run
 
 

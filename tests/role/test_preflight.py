@@ -41,6 +41,12 @@ BAD = [
     ("pytorch_backend_extra_env", {"OMP_PROC_BIND": "a\nUSE_NNPACK=1"}, "pytorch_backend_extra_env"),
     ("pytorch_backend_extra_env", ["A=1"], "pytorch_backend_extra_env"),
     ("pytorch_backend_wheelhouse", "/nonexistent/wheelhouse", "pytorch_backend_wheelhouse"),
+    ("pytorch_backend_environment", {"bad-name": "x"}, "pytorch_backend_environment"),
+    ("pytorch_backend_environment", {"https_proxy": "http://p\nx"}, "pytorch_backend_environment"),
+    ("pytorch_backend_secret_env", {"lower": "x"}, "pytorch_backend_secret_env"),
+    ("pytorch_backend_secret_env", {"USE_NNPACK": "1"}, "pytorch_backend_secret_env"),
+    ("pytorch_backend_secret_env_file", "/etc/torch-backend/torch-backend.env", "pytorch_backend_secret_env_file"),
+    ("pytorch_backend_secret_env_file", "relative/secret.env", "pytorch_backend_secret_env_file"),
     ("pytorch_backend_probe_timeout", 0, "pytorch_backend_probe_timeout"),
     ("pytorch_backend_memory_max", "lots", "pytorch_backend_memory_max"),
     ("pytorch_backend_memory_max", "150%", "pytorch_backend_memory_max"),
@@ -73,3 +79,17 @@ def test_good_values_pass_preflight(playbook):
                                    "tasks:\n    - ansible.builtin.include_role:\n        name: pytorch_backend\n"
                                    "        tasks_from: steps/preflight.yml"), check=True)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+def test_a_bad_secret_env_names_its_keys_never_its_values(playbook):
+    result = playbook(PLAY, extra_vars={"pytorch_backend_secret_env": {"API_TOKEN": "t0ken-4711\nX=1"}}, check=True)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "pytorch_backend_secret_env" in out and "API_TOKEN" in out, out[-3000:]
+    assert "t0ken-4711" not in out, out[-3000:]
+
+
+def test_a_bad_index_url_is_named_without_its_credentials(playbook):
+    result = playbook(PLAY, extra_vars={"pytorch_backend_torch_index_url": "ftp://ci:t0ken-4711@example.org/simple"}, check=True)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "pytorch_backend_torch_index_url" in out and "ftp://***@example.org" in out, out[-3000:]
+    assert "t0ken-4711" not in out, out[-3000:]

@@ -5,6 +5,7 @@ sets the same custom stats) against 9 local-connection hosts, with the project's
 environment Molecule gives its runs. 9 hosts make the default batches visible: the canary h1, then a
 quarter of 9 (2 hosts) at a time: [h1] [h2 h3] [h4 h5] [h6 h7] [h8 h9].
 """
+import json
 import os
 import re
 import subprocess
@@ -173,3 +174,32 @@ def test_molecule_runs_print_the_table_too(tmp_path, molecule_env):
     assert rows["h1"] == "failed"
     assert counts == "served 0, rolled back 0, kept 0, failed 1, unreachable 0, not reached 8"
     assert "TASK TIMES" in out
+
+
+def test_a_limited_run_reports_only_the_hosts_in_the_limit(tmp_path):
+    # h2 and h4 are outside the limit: neither failed, unreachable nor "not reached"
+    proc, out = run(tmp_path, {"h3": "failed", "h2": "crash", "h4": "unreachable"},
+                    args=["--limit", "h1:h3:h5", "-e", "pytorch_backend_serial=100%",
+                          "-e", "pytorch_backend_max_fail_percentage=100"])
+    assert proc.returncode != 0
+    rows, rest, counts = report(out)
+    assert rows == {"h1": "served", "h3": "failed", "h5": "served"}, out
+    assert not [line for line in rest if "h2" in line or "h4" in line], rest
+    assert counts == "served 2, rolled back 0, kept 0, failed 1, unreachable 0, not reached 0"
+
+
+def test_the_table_is_handed_on_as_run_wide_stats_for_awx(tmp_path):
+    # AWX and ansible-runner keep the run-wide custom stats (`_run`) as the job's artifacts
+    proc, out = run(tmp_path, {"h2": "kept"}, args=["--limit", "h1:h2", "-e", "pytorch_backend_serial=100%",
+                                                    "-e", "pytorch_backend_max_fail_percentage=100"],
+                    env=_env(_tmp=tmp_path, ANSIBLE_SHOW_CUSTOM_STATS="1", ANSIBLE_CALLBACK_RESULT_FORMAT="json"))
+    # the default callback prints them as one line: "\tRUN: {json}"
+    line = [line for line in out.splitlines() if line.startswith("\tRUN: ")]
+    assert len(line) == 1, out
+    stats = json.loads(line[0][len("\tRUN: "):])
+    assert sorted(stats["pytorch_backend_targets"]) == ["h1", "h2"]
+    fleet = stats["pytorch_backend_fleet"]
+    assert sorted(fleet) == ["h1", "h2"]
+    assert fleet["h1"]["outcome"] == "served" and fleet["h1"]["serving_release"] == "r2"
+    assert fleet["h2"]["outcome"] == "kept" and fleet["h2"]["message"] == "stand-in kept on h2"
+    assert fleet["h2"]["serving_release"] == "r1" and fleet["h2"]["release"] == "r2"

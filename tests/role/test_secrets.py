@@ -140,7 +140,7 @@ SECRET_TASKS = """    - name: Render as the role does
 def run_secret_play(playbook, tmp_path, secret_env, host_secret_keys):
     """render.yml + secret_env.yml on localhost with -v --diff, files under tmp_path."""
     secret_file = tmp_path / "secret.env"
-    state = {"current": "", "fileenv": "", "filestate": "", "fileunit": "", "dirs": "yes", "contentstate": "",
+    state = {"current": "", "complete": "yes", "fileenv": "", "filestate": "", "fileunit": "", "dirs": "yes", "contentstate": "",
              "secret": "yes" if secret_file.exists() else "no", "secret_keys": host_secret_keys}
     facts = {"status": "supported", "available": True, "predicted_available": True, "cpu_model": "Test CPU",
              "fingerprint": "abcd", "torch_cpu_capability": "AVX2", "reason": "test",

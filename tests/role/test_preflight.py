@@ -105,3 +105,21 @@ def test_ipv6_listen_addresses_pass_preflight(playbook, host):
                                    "        tasks_from: steps/preflight.yml"),
                       extra_vars={"pytorch_backend_host": host}, check=True)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+PREFLIGHT_ONLY = PLAY.replace("roles:\n    - role: pytorch_backend",
+                              "tasks:\n    - ansible.builtin.include_role:\n        name: pytorch_backend\n"
+                              "        tasks_from: steps/preflight.yml")
+
+
+@pytest.mark.parametrize("proxy,passes", [("http://u:pr0xy-PW-4711@proxy.example.org:3128", True),
+                                          ("http://u:pr0xy-PW-4711@proxy.example.org:3128\nX=1", False)],
+                         ids=["good", "multi-line"])
+def test_proxy_credentials_stay_out_of_verbose_output_and_errors(playbook, proxy, passes):
+    """-v prints every checked item; a proxy's password is in none of them, nor in the error."""
+    result = playbook(PREFLIGHT_ONLY, extra_vars={"pytorch_backend_environment": {"https_proxy": proxy}},
+                      check=True, args=["-v"])
+    out = result.stdout + result.stderr
+    assert (result.returncode == 0) == passes, out[-3000:]
+    assert "pytorch_backend_environment" in out and "proxy.example.org" in out, out[-3000:]
+    assert "pr0xy-PW-4711" not in out, [line for line in out.splitlines() if "pr0xy-PW-4711" in line]

@@ -7,7 +7,9 @@ secret_env.yml (writing only into tmp_path).
 import json
 import os
 import stat
+import subprocess
 import sys
+import sysconfig
 
 from conftest import DECIDE_PLAY, ROLE
 
@@ -102,6 +104,36 @@ def test_pip_gets_index_credentials_from_a_root_only_file_never_argv_or_output_m
     assert not (release / "venv" / "pip.conf").exists()
     assert TOKEN not in out, [line for line in out.splitlines() if TOKEN in line]
     assert "download.example.org" not in out
+
+
+def test_real_pip_reads_the_indexes_from_the_venvs_pip_conf_and_prints_no_credentials(playbook, tmp_path):
+    """The real pip (the controller's, in a venv of its own) against indexes that refuse connections:
+    it fails, and its output, -v and the error included, shows the index but never the token."""
+    venv = tmp_path / "release" / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # pip itself from the controller's environment; sys.prefix (where pip reads pip.conf) is the release's venv
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "controller_pip.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    torch_index = "http://ci:" + TOKEN + "@127.0.0.1:9/simple"
+    extra_index = "http://" + TOKEN + "@127.0.0.1:9/extra"
+    result = playbook(VARS_PLAY + f"""    - name: Install the requirements as build_release.yml does
+      vars:
+        _pb_pip_indexes: "{{{{ _pytorch_backend_pip_indexes.requirements }}}}"
+        _pb_pip_args: ["no-such-package-for-the-secrets-test==1.0"]
+      ansible.builtin.include_tasks: {ROLE}/tasks/steps/pip_install.yml
+""", extra_vars={"pytorch_backend_wheelhouse": "", "_pytorch_backend_release": str(venv.parent),
+                 "pytorch_backend_torch_index_url": torch_index, "pytorch_backend_extra_index_url": extra_index,
+                 # through pytorch_backend_environment: no retries against the closed port
+                 "pytorch_backend_environment": {"PIP_RETRIES": "0", "PIP_TIMEOUT": "2",
+                                                 "https_proxy": "http://u:" + TOKEN + "@127.0.0.1:9"}},
+        args=["-v", "--diff"])
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-3000:]
+    # pip looked in both indexes from pip.conf (it prints them with the credentials masked)
+    assert "Looking in indexes: http://ci:****@127.0.0.1:9/simple, http://****@127.0.0.1:9/extra" in out, out[-3000:]
+    assert "No matching distribution found for no-such-package-for-the-secrets-test" in out, out[-3000:]
+    assert TOKEN not in out, [line for line in out.splitlines() if TOKEN in line]
+    assert not (venv / "pip.conf").exists()
 
 
 def test_pip_from_a_wheelhouse_gets_no_index_config_mocked_pip(playbook, tmp_path):

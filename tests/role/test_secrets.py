@@ -169,15 +169,24 @@ SECRET_TASKS = """    - name: Render as the role does
 """
 
 
-def run_secret_play(playbook, tmp_path, secret_env, host_secret_keys):
-    """render.yml + secret_env.yml on localhost with -v --diff, files under tmp_path."""
+WRITE_WHEN = "when: \"'secret' in _pytorch_backend_files_changed\""
+assert WRITE_WHEN in SECRET_TASKS
+RESTORE_TASKS = """    - name: Put the secret file back as rollback.yml does
+      ansible.builtin.include_role:
+        name: pytorch_backend
+        tasks_from: steps/secret_env_restore.yml
+"""
+
+
+def run_secret_play(playbook, tmp_path, secret_env, host_secret_keys, tasks=SECRET_TASKS):
+    """render.yml + secret_env.yml (or `tasks`) on localhost with -v --diff, files under tmp_path."""
     secret_file = tmp_path / "secret.env"
     state = {"current": "", "complete": "yes", "fileenv": "", "filestate": "", "fileunit": "", "dirs": "yes", "contentstate": "",
              "secret": "yes" if secret_file.exists() else "no", "secret_keys": host_secret_keys}
     facts = {"status": "supported", "available": True, "predicted_available": True, "cpu_model": "Test CPU",
              "fingerprint": "abcd", "torch_cpu_capability": "AVX2", "reason": "test",
              "cpu_flags": {"avx2": True, "fma": True}, "cache_enumerated": True}
-    result = playbook(DECIDE_PLAY + SECRET_TASKS, extra_vars={
+    result = playbook(DECIDE_PLAY + tasks, extra_vars={
         "facts": facts, "_pytorch_backend_state": state, "_pytorch_backend_probe_python": "/venv/bin/python",
         "_pytorch_backend_release": "/opt/torch-backend/releases/r1", "_pytorch_backend_release_id": "r1",
         "pytorch_backend_env_file": str(tmp_path / "torch-backend.env"),
@@ -218,3 +227,28 @@ def test_secret_env_values_stay_out_of_diff_and_verbose_output_and_are_kept_for_
     # no secrets any more: the file goes
     out, changed = run_secret_play(playbook, tmp_path, {}, "API_TOKEN ")
     assert "secret" in changed and not secret_file.exists()
+
+
+def test_a_rollback_puts_back_the_secret_file_this_run_replaced_and_nothing_else(playbook, tmp_path):
+    secret_file, previous = tmp_path / "secret.env", tmp_path / "secret.env.previous"
+    run_secret_play(playbook, tmp_path, {"API_TOKEN": TOKEN}, "")
+    # a rotation that fails after the write: the host's file comes back, values never printed
+    out, changed = run_secret_play(playbook, tmp_path, {"API_TOKEN": "rotated-" + TOKEN}, "API_TOKEN ",
+                                   tasks=SECRET_TASKS + RESTORE_TASKS)
+    assert "secret" in changed and TOKEN not in out
+    assert f'API_TOKEN="{TOKEN}"' in secret_file.read_text().splitlines() and not previous.exists()
+
+    # a rotation that fails before secret_env.yml ran: the host's file stays as it was, and a
+    # .previous an earlier cut run left is not put in its place
+    previous.write_text('API_TOKEN="stale"\n')
+    before = secret_file.read_text()
+    out, changed = run_secret_play(playbook, tmp_path, {"API_TOKEN": "rotated-" + TOKEN}, "API_TOKEN ",
+                                   tasks=SECRET_TASKS.replace(WRITE_WHEN, "when: false") + RESTORE_TASKS)
+    assert "secret" in changed and TOKEN not in out
+    assert secret_file.read_text() == before
+
+    # a first secret that fails: the new file goes
+    secret_file.unlink()
+    previous.unlink()
+    out, changed = run_secret_play(playbook, tmp_path, {"API_TOKEN": TOKEN}, "", tasks=SECRET_TASKS + RESTORE_TASKS)
+    assert "secret" in changed and not secret_file.exists() and TOKEN not in out

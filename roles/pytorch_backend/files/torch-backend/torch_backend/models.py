@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
@@ -104,15 +104,24 @@ class Model:
         self.outputs = list(outputs)
         self.source = source
         self.platform = PLATFORM
+        # conv_backends.of_model's report, once measured at start-up (None before)
+        self.conv_backends: Optional[dict] = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.source == "built-in"
 
     def metadata(self) -> dict:
-        return {
+        meta = {
             "name": self.name,
             "versions": ["1"],
             "platform": self.platform,
             "inputs": [s.as_dict() for s in self.inputs],
             "outputs": [s.as_dict() for s in self.outputs],
         }
+        if self.conv_backends is not None:  # an extension field, as "nnpack" is on /v2
+            meta["conv_backends"] = self.conv_backends
+        return meta
 
     def run(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Forward pass; arrays are in declared input order, already validated."""
@@ -139,13 +148,32 @@ class Model:
             out.append(array)
         return out
 
+    def warm_up_arrays(self) -> List[np.ndarray]:
+        """Zeros in the declared shapes, variable dims = 1."""
+        return [np.zeros([1 if d == -1 else d for d in s.shape], dtype=s.dtype)
+                for s in self.inputs]
+
     def warm_up(self) -> None:
         """One inference on zeros (variable dims = 1): proves the model runs
         here and pays one-time costs (TorchScript optimisation, allocator)
         before the service reports ready."""
-        arrays = [np.zeros([1 if d == -1 else d for d in s.shape], dtype=s.dtype)
-                  for s in self.inputs]
-        self.run(arrays)
+        self.run(self.warm_up_arrays())
+
+    def measure_conv_backends(self) -> dict:
+        """Which backend each Conv2d layer runs on here (conv_backends.py), from
+        one pass on the warm-up input. Never fails the start: a model this
+        cannot follow reports an error instead."""
+        import torch
+
+        from . import conv_backends
+
+        try:
+            report = conv_backends.of_model(
+                self.module, [torch.from_numpy(a) for a in self.warm_up_arrays()])
+        except Exception as exc:  # noqa: BLE001 - the model already ran in warm-up
+            report = {"error": f"{type(exc).__name__}: {exc}"}
+        self.conv_backends = report
+        return report
 
 
 def builtin_models() -> List[Model]:

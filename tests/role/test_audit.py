@@ -52,3 +52,33 @@ def test_audit_reads_the_recorded_verdict_and_the_cpu_change(tmp_path):
     assert row["deployed"] == "USE_NNPACK=0" and row["would_write"] == "unset"
     assert row["drift"] is True and row["recorded_fingerprint"] == "0000000000000000"
     assert row["fingerprint"] != "0000000000000000"
+
+
+def test_report_shows_conv_backends_and_warns_on_slow2d(tmp_path):
+    """audit.md.j2 rendered with rows as audit.yml makes them (conv fields from the role's filter)."""
+    import jinja2
+
+    sys.path.insert(0, str(ROOT / "roles" / "pytorch_backend" / "filter_plugins"))
+    from conv_backends import conv_backends_short, conv_backends_slow2d
+
+    def row(host, summary):
+        return {"host": host, "cpu_model": "CPU", "avx2": True, "fma": True, "cache_enumerated": True,
+                "nnpack": "supported", "would_write": "unset", "deployed": "unset", "drift": False,
+                "conv": conv_backends_short(summary), "conv_slow2d": conv_backends_slow2d(summary),
+                "conv_backends": summary}
+
+    fast = {"mkldnn_enabled": True, "nnpack_enabled": True, "slow2d": [],
+            "models": {"resnet18": {"builtin": False, "batch_1": {"Mkldnn": 20}, "batch_16": {"Mkldnn": 20}}}}
+    slow = {"mkldnn_enabled": False, "nnpack_enabled": True, "slow2d": ["resnet18"],
+            "models": {"resnet18": {"builtin": False, "batch_1": {"Slow2d": 20},
+                                    "batch_16": {"NnpackSpatial": 20}}}}
+    rows = [row("a", fast), row("b", slow), row("c", None)]
+    text = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT / "playbooks" / "templates"))) \
+        .get_template("audit.md.j2").render(_rows=rows, groups={"all": ["a", "b", "c"]})
+    lines = text.splitlines()
+    assert lines[2].endswith("| Conv2d backend (batch 1, 16) |")
+    assert [ln.rsplit("|", 2)[1].strip() for ln in lines if ln.startswith("| a |") or ln.startswith("| b |")
+            or ln.startswith("| c |")] == ["Mkldnn", "1:Slow2d! 16:NnpackSpatial", "-"]
+    assert [ln for ln in lines if "Slow2d)" in ln] == [
+        "- **b**: WARNING: Conv2d layers fall to the slow direct path (Slow2d) in resnet18 (oneDNN off, "
+        "NNPACK on): per-layer detail in GET /v2/models/NAME, field conv_backends."]

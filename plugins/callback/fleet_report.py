@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, torch-backend contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# SPDX-License-Identifier: Apache-2.0
 from __future__ import annotations
 
 DOCUMENTATION = r'''
@@ -11,11 +12,13 @@ description:
   - At the end of the run (also after a failing host stopped the rollout, when no later play runs) prints one
     row per target host with what happened to it, then the messages of the hosts that did not end C(served),
     then one count line. Enabled when ANSIBLE_CALLBACKS_ENABLED (or C(callbacks_enabled) in ansible.cfg) lists it.
-  - "Reads the custom stats the pytorch_backend role sets with C(ansible.builtin.set_stats) (C(aggregate: false)):
-    per host C(pytorch_backend) (host, outcome, release, serving_release, cpu_model, avx2, fma, nnpack,
-    use_nnpack, cpu_capability, verified, latency_ms, conv, conv_slow2d, message; the last one set wins) and,
-    once per play,
-    C(pytorch_backend_targets) (the play's hosts)."
+  - "Reads the run-wide custom stats the pytorch_backend role sets with C(ansible.builtin.set_stats)
+    (C(per_host: false), so that AWX and ansible-runner keep them as the job's artifacts):
+    C(pytorch_backend_fleet), one row per host keyed by host name (host, outcome, release, serving_release,
+    cpu_model, avx2, fma, nnpack, use_nnpack, cpu_capability, verified, latency_ms, conv, conv_slow2d,
+    message; merged with C(aggregate: true), so the last row a host set wins) and, once per play,
+    C(pytorch_backend_targets) (the play's hosts: C(ansible_play_hosts_all), which a C(--limit) has already
+    narrowed)."
   - "The outcome of a host is the one the role set: C(served), C(rolled_back), C(kept) (the new release was
     refused, the old one kept serving) or C(failed). A target host the role set nothing for is C(failed) or
     C(unreachable) as the run's stats say, otherwise C(not reached): its batch never ran because an earlier
@@ -81,12 +84,14 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_stats(self, stats):
         custom = getattr(stats, 'custom', {}) or {}
-        targets = (custom.get('_run') or {}).get('pytorch_backend_targets')
+        run = custom.get('_run') or {}
+        targets = run.get('pytorch_backend_targets')
         if not targets:
             return
+        fleet = run.get('pytorch_backend_fleet') or {}
         rows = []
         for host in sorted(set(str(h) for h in targets)):
-            data = (custom.get(host) or {}).get('pytorch_backend')
+            data = fleet.get(host)
             if isinstance(data, dict) and data.get('outcome'):
                 row = dict(data, host=host)
                 row['message'] = row.get('message') or self._last_error.get(host, '')

@@ -1,7 +1,10 @@
+import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,10 @@ def run_playbook(tmp_path, playbook_text, extra_vars=None, check=False):
         cmd += ["-e", "@" + str(varfile)]
     if check:
         cmd.append("--check")
+    # ANSIBLE_FILTER_PLUGINS: the role's filters, which a play that runs the role has, also
+    # for the plays here that only read its vars or render its templates.
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_FILTER_PLUGINS=str(ROLE / "filter_plugins"),
                ANSIBLE_NOCOLOR="1", ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_INVENTORY="localhost,")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
 
@@ -51,3 +57,48 @@ DECIDE_PLAY = """
     - name: Decide as the role does (its own decide.yml)
       ansible.builtin.include_tasks: ROLE/tasks/steps/decide.yml
 """.replace("ROLE", str(ROLE))
+
+
+def has_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def ipv6_service(tmp_path_factory):
+    """The real service bound to ::1 (USE_NNPACK=0, built-in models), ready: its port.
+    Skips where this machine has no IPv6 loopback (`ip -6 addr show lo` lists no ::1)."""
+    if not has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback (::1) here")
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_BACKEND_")}
+    env.update(PYTHONPATH=str(ROLE / "files" / "torch-backend"), PYTHONDONTWRITEBYTECODE="1",
+               TORCH_BACKEND_HOST="::1", TORCH_BACKEND_PORT=str(port),
+               TORCH_BACKEND_MODEL_DIR="/nonexistent", USE_NNPACK="0")
+    stderr = tmp_path_factory.mktemp("ipv6-service") / "stderr"
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "torch_backend", "serve"], env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, stderr.read_text()
+            assert time.monotonic() < deadline, stderr.read_text()
+            try:
+                conn = http.client.HTTPConnection("::1", port, timeout=5)
+                conn.request("GET", "/v2/health/ready")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -54,6 +54,37 @@ def test_audit_reads_the_recorded_verdict_and_the_cpu_change(tmp_path):
     assert row["fingerprint"] != "0000000000000000"
 
 
+def test_a_limited_audit_reports_the_hosts_in_the_limit_only(tmp_path):
+    """h4 is outside --limit: not in the report, not "unreachable or failed"; h3 is in it and unreachable.
+    The probe uses the system Python, which has no torch: fast, and the rows still come from real probes."""
+    reports = tmp_path / "reports"
+    (tmp_path / "hosts.ini").write_text("\n".join([
+        "h1", "h2", "h3 ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=1 ansible_user=nobody", "h4",
+        "[all:vars]", "ansible_connection=local", f"ansible_python_interpreter={sys.executable}"]) + "\n")
+    extra = {"ansible_become": False, "pytorch_backend_python": "/usr/bin/python3",
+             "pytorch_backend_base_dir": str(tmp_path / "base"), "pytorch_backend_reports_dir": str(reports),
+             "_pytorch_backend_fact_file": str(tmp_path / "none.fact")}
+    (tmp_path / "vars.json").write_text(json.dumps(extra))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_SHOW_CUSTOM_STATS="1", ANSIBLE_CALLBACK_RESULT_FORMAT="json")
+    result = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.ini"), "--limit", "h1:h2:h3",
+                             str(ROOT / "playbooks" / "audit.yml"), "-e", "@" + str(tmp_path / "vars.json")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out  # h3 is unreachable
+    assert (reports / "audit.json").exists(), out
+    report = json.loads((reports / "audit.json").read_text())
+    assert [r["host"] for r in report["hosts"]] == ["h1", "h2"], report
+    assert report["unreachable_or_failed"] == ["h3"], report
+    markdown = (reports / "audit.md").read_text()
+    assert "| h3 | (unreachable or failed) |" in markdown and "h4" not in markdown, markdown
+    # AWX keeps the run-wide custom stats as the job's artifacts: the same report, printed as "\tRUN: {json}"
+    run = [line for line in out.splitlines() if line.startswith("\tRUN: ")]
+    assert len(run) == 1, out
+    assert json.loads(run[0][len("\tRUN: "):])["pytorch_backend_audit"] == report
+
+
 def test_report_shows_conv_backends_and_warns_on_slow2d(tmp_path):
     """audit.md.j2 rendered with rows as audit.yml makes them (conv fields from the role's filter)."""
     import jinja2
@@ -74,11 +105,11 @@ def test_report_shows_conv_backends_and_warns_on_slow2d(tmp_path):
                                     "batch_16": {"NnpackSpatial": 20}}}}
     rows = [row("a", fast), row("b", slow), row("c", None)]
     text = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT / "playbooks" / "templates"))) \
-        .get_template("audit.md.j2").render(_rows=rows, groups={"all": ["a", "b", "c"]})
+        .get_template("audit.md.j2").render(_report={"hosts": rows, "unreachable_or_failed": ["d"]})
     lines = text.splitlines()
     assert lines[2].endswith("| Conv2d backend (batch 1, 16) |")
-    assert [ln.rsplit("|", 2)[1].strip() for ln in lines if ln.startswith("| a |") or ln.startswith("| b |")
-            or ln.startswith("| c |")] == ["Mkldnn", "1:Slow2d! 16:NnpackSpatial", "-"]
+    conv_column = [ln.rsplit("|", 2)[1].strip() for ln in lines if ln[:5] in ("| a |", "| b |", "| c |", "| d |")]
+    assert conv_column == ["Mkldnn", "1:Slow2d! 16:NnpackSpatial", "-", ""]
     assert [ln for ln in lines if "Slow2d)" in ln] == [
         "- **b**: WARNING: Conv2d layers fall to the slow direct path (Slow2d) in resnet18 (oneDNN off, "
         "NNPACK on): per-layer detail in GET /v2/models/NAME, field conv_backends."]

@@ -181,6 +181,35 @@ def test_molecule_runs_print_the_table_too(tmp_path, molecule_env):
     assert "TASK TIMES" in out
 
 
+def test_a_limited_run_reports_only_the_hosts_in_the_limit(tmp_path):
+    # h2 and h4 are outside the limit: neither failed, unreachable nor "not reached"
+    proc, out = run(tmp_path, {"h3": "failed", "h2": "crash", "h4": "unreachable"},
+                    args=["--limit", "h1:h3:h5", "-e", "pytorch_backend_serial=100%",
+                          "-e", "pytorch_backend_max_fail_percentage=100"])
+    assert proc.returncode != 0
+    rows, rest, counts = report(out)
+    assert rows == {"h1": "served", "h3": "failed", "h5": "served"}, out
+    assert not [line for line in rest if "h2" in line or "h4" in line], rest
+    assert counts == "served 2, rolled back 0, kept 0, failed 1, unreachable 0, not reached 0"
+
+
+def test_the_table_is_handed_on_as_run_wide_stats_for_awx(tmp_path):
+    # AWX and ansible-runner keep the run-wide custom stats (`_run`) as the job's artifacts
+    proc, out = run(tmp_path, {"h2": "kept"}, args=["--limit", "h1:h2", "-e", "pytorch_backend_serial=100%",
+                                                    "-e", "pytorch_backend_max_fail_percentage=100"],
+                    env=_env(_tmp=tmp_path, ANSIBLE_SHOW_CUSTOM_STATS="1", ANSIBLE_CALLBACK_RESULT_FORMAT="json"))
+    # the default callback prints them as one line: "\tRUN: {json}"
+    line = [line for line in out.splitlines() if line.startswith("\tRUN: ")]
+    assert len(line) == 1, out
+    stats = json.loads(line[0][len("\tRUN: "):])
+    assert sorted(stats["pytorch_backend_targets"]) == ["h1", "h2"]
+    fleet = stats["pytorch_backend_fleet"]
+    assert sorted(fleet) == ["h1", "h2"]
+    assert fleet["h1"]["outcome"] == "served" and fleet["h1"]["serving_release"] == "r2"
+    assert fleet["h2"]["outcome"] == "kept" and fleet["h2"]["message"] == "stand-in kept on h2"
+    assert fleet["h2"]["serving_release"] == "r1" and fleet["h2"]["release"] == "r2"
+
+
 def _summary(model_backends, slow2d=()):
     """A GET /v2 conv_backends summary: the built-in self-test (Slow2d at batch 1 on every host,
     never flagged) plus one deployed model with `model_backends` {batch: backend}."""

@@ -33,6 +33,9 @@ BAD = [
     ("pytorch_backend_user", "root", "pytorch_backend_user"),
     ("pytorch_backend_group", "Bad Group", "pytorch_backend_group"),
     ("pytorch_backend_host", "127.0.0.1; rm -rf /", "pytorch_backend_host"),
+    ("pytorch_backend_host", "1::2::3", "pytorch_backend_host '1::2::3' is not a valid IPv6 address"),
+    ("pytorch_backend_host", "[::1]", "pytorch_backend_host '[::1]' has brackets"),
+    ("pytorch_backend_host", "256.0.0.1", "pytorch_backend_host '256.0.0.1' is not a valid IPv4 address"),
     ("pytorch_backend_requirements", ["numpy==2.4.6"], "pytorch_backend_requirements"),
     ("pytorch_backend_requirements", ["torch==2.13.0", "torch==2.12.0"], "pytorch_backend_requirements"),
     ("pytorch_backend_requirements", "torch==2.13.0", "pytorch_backend_requirements"),
@@ -72,4 +75,13 @@ def test_good_values_pass_preflight(playbook):
     result = playbook(PLAY.replace("roles:\n    - role: pytorch_backend",
                                    "tasks:\n    - ansible.builtin.include_role:\n        name: pytorch_backend\n"
                                    "        tasks_from: steps/preflight.yml"), check=True)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+@pytest.mark.parametrize("host", ["::1", "::", "2001:db8::5"])
+def test_ipv6_listen_addresses_pass_preflight(playbook, host):
+    result = playbook(PLAY.replace("roles:\n    - role: pytorch_backend",
+                                   "tasks:\n    - ansible.builtin.include_role:\n        name: pytorch_backend\n"
+                                   "        tasks_from: steps/preflight.yml"),
+                      extra_vars={"pytorch_backend_host": host}, check=True)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]

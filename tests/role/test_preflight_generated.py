@@ -257,7 +257,8 @@ def generate():
                       "torch$", "tørch", "torch:x", "../torch"):
             c.add("name", var, value)
     for value in ("", " ", "127.0.0.1 ", "127.0.0.1; rm -rf /", "http://127.0.0.1", "127.0.0.1\n",
-                  "127.0.0.1/8", "[::1]", "$(hostname)", "host_name"):
+                  "127.0.0.1/8", "[::1]", "$(hostname)", "host_name", "1::2::3", ":::", "2001:db8::g",
+                  "fe80::1%eth0", "::1:8080:", "256.0.0.1", "1.2.3"):
         c.add("host", "pytorch_backend_host", value)
     for value in ("lots", "0", "0G", "150%", "0%", "2 G", "2g", "-1G", "2G\n", "2G\nMemoryMax=infinity", "50%%", "1.5G"):
         c.add("memory-max", "pytorch_backend_memory_max", value)
@@ -384,6 +385,7 @@ def good_hosts():
         "good-names": {"pytorch_backend_user": "svc_torch-1", "pytorch_backend_group": "_svc",
                        "pytorch_backend_host": "::1"},
         "good-host-wildcard": {"pytorch_backend_host": "0.0.0.0"},
+        "good-host-ipv6": {"pytorch_backend_host": "::"},
         "good-bools": {"pytorch_backend_verify": "no", "pytorch_backend_rollback_on_failure": "yes",
                        "pytorch_backend_verify_before_switch": False},
         "good-requirements": {"pytorch_backend_requirements": ["torch", "numpy>=2", "scipy[all]~=1.11"]},

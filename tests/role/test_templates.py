@@ -75,6 +75,15 @@ def test_unit_opens_ip_access_when_listening_beyond_loopback(playbook, tmp_path)
     assert "IPAddressDeny=any" not in text
 
 
+@pytest.mark.parametrize("host,loopback", [("::1", True), ("0:0:0:0:0:0:0:1", True), ("127.0.0.2", True),
+                                           ("::", False), ("2001:db8::5", False)])
+def test_unit_ip_access_follows_the_listen_address_family_aware(playbook, tmp_path, host, loopback):
+    lines = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"),
+                   pytorch_backend_host=host).splitlines()
+    assert ("IPAddressDeny=any" in lines) is loopback
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in lines
+
+
 HARDENING_PREFIXES = ("NoNewPrivileges=", "CapabilityBoundingSet=", "Private", "Protect", "Restrict", "SystemCall",
                       "IPAddress", "User=", "Group=", "UMask=", "LockPersonality=", "RemoveIPC=", "DevicePolicy=")
 

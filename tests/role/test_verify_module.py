@@ -8,6 +8,7 @@ at BASE/releases/RELEASE (a real venv seeing this controller's packages), with
 TORCH_BACKEND_CONFIG_DIGEST in its environment; so it reports RELEASE and DIGEST.
 """
 import http.server
+import importlib.util
 import json
 import os
 import socket
@@ -29,6 +30,11 @@ PACKAGE = ROLE / "files" / "torch-backend"
 
 sys.path.insert(0, str(ROLE / "filter_plugins"))
 import selftest  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("pytorch_backend_filter_listen_address",
+                                               ROLE / "filter_plugins" / "listen_address.py")
+listen_address = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(listen_address)
 
 
 RELEASE = "3f9c0a1b2d4e"
@@ -182,3 +188,24 @@ def test_server_reporting_no_release_is_none(old_server, tmp_path):
     assert result["served_release"] is None and result["served_config_digest"] is None
     assert RELEASE_MISMATCH.format(old="none", new=RELEASE) in result["problems"]
     assert DIGEST_MISMATCH.format(old="none", new=DIGEST) in result["problems"]
+
+
+def test_verified_over_ipv6_at_the_url_the_role_builds(ipv6_service, tmp_path):
+    """A real service bound to ::1 (tests/role/conftest.py), verified at the role's URL for it."""
+    url = listen_address.local_url("::1", ipv6_service)
+    assert url == f"http://[::1]:{ipv6_service}"
+    result = verify(tmp_path, url)
+    assert result["verified"] is True and result["problems"] == [], result
+    assert result["max_abs_error"] == 0 and result["server"]["name"] == "torch-backend"
+
+
+@pytest.mark.parametrize("url", ["http://::1:{port}", "http://::1", "::1:{port}", "http://[::1:{port}",
+                                 "ftp://127.0.0.1:{port}", "http://127.0.0.1:port"])
+def test_a_url_that_is_not_one_fails_at_once_saying_so(ipv6_service, tmp_path, url):
+    """Without brackets an IPv6 address cannot be told from its port (RFC 3986): such a URL is
+    refused, not reached by accident (http.client splits at the last colon) or waited on."""
+    start = time.monotonic()
+    result = verify(tmp_path, url.format(port=ipv6_service))
+    assert result.get("failed") is True, result
+    assert result["msg"].startswith("url must be an http(s) URL") and "[::1]" in result["msg"], result
+    assert time.monotonic() - start < 30

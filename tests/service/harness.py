@@ -35,7 +35,10 @@ PKG_DIR = ROLE / "files" / "torch-backend"
 if str(PKG_DIR) not in sys.path:
     sys.path.insert(0, str(PKG_DIR))
 
-LISTEN_RE = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+# The service logs its URL with IPv6 literals in brackets (http://[::1]:PORT).
+LISTEN_RE = re.compile(r"listening on http://(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d+)")
+
+from torch_backend import listen_address  # noqa: E402  (standard library only, no torch)
 
 
 def role_filter_plugin(name):
@@ -84,7 +87,8 @@ def memory_mib(pid):
 
 
 class ServerProcess:
-    """A real `python -m torch_backend serve` subprocess on 127.0.0.1.
+    """A real `python -m torch_backend serve` subprocess on 127.0.0.1 (or the
+    TORCH_BACKEND_HOST given in `env`: requests go where a local client reaches it).
 
     Its stderr goes to TMP_DIR/NAME.stderr; it runs in TMP_DIR. Failures to start
     raise AssertionError with the server's stderr."""
@@ -98,6 +102,7 @@ class ServerProcess:
         self.wrapper = list(wrapper)
         self.proc = None
         self.port = None
+        self.host = listen_address.local_host(self.env["TORCH_BACKEND_HOST"])
 
     def start(self):
         self._stderr = open(self.stderr_path, "wb")
@@ -144,7 +149,7 @@ class ServerProcess:
         return memory_mib(self.proc.pid)
 
     def connect(self, timeout=60.0):
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def request(self, method, path, body=None, headers=None, timeout=60.0):
         """One request on a fresh connection: (status, headers dict, body bytes)."""

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, torch-backend contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# SPDX-License-Identifier: Apache-2.0
 """The one short form of the service's ``conv_backends`` summary (``GET /v2``), for the
 deploy table and the audit report: which backend the deployed models' Conv2d layers run on
 at batch 1 and at batch 16, with ``!`` after ``Slow2d`` (the slow direct path).

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, torch-backend contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# SPDX-License-Identifier: Apache-2.0
 """Preflight for ``pytorch_backend_models``: the rules the service applies when it loads a
 model's name and metadata, checked on the controller before the host is touched, so a model
 the service would refuse never makes a release.

@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, torch-backend contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# SPDX-License-Identifier: Apache-2.0
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -25,7 +26,10 @@ version_added: "0.1.0"
 author: torch-backend contributors
 options:
   url:
-    description: Base URL of the service, for example C(http://127.0.0.1:8080).
+    description:
+      - Base URL of the service, for example C(http://127.0.0.1:8080) or, for IPv6, C(http://[::1]:8080).
+      - An IPv6 address must be in brackets (RFC 3986); a URL that does not parse, such as C(http://::1:8080),
+        fails the task at once.
     type: str
     required: true
   model:
@@ -158,7 +162,22 @@ import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.six.moves.urllib.parse import urlsplit
 from ansible.module_utils.urls import open_url
+
+
+def _url_problem(url):
+    """Why `url` is not an http(s) base URL, or None. An IPv6 address without brackets is
+    not one: its port cannot be told apart from it (http.client would split at the last
+    colon and call something, or nothing, by accident)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # parsed on access: raises ValueError for an unbracketed IPv6 address
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ('http', 'https') or not parts.hostname:
+        return 'no http(s) scheme and host'
+    return None
 
 
 def _get_json(url, timeout=10):
@@ -280,6 +299,10 @@ def main():
     p = module.params
     if p['requests'] < 1 or p['ready_timeout'] < 1:
         module.fail_json(msg='requests and ready_timeout must be at least 1')
+    url_problem = _url_problem(p['url'])
+    if url_problem:
+        module.fail_json(msg='url must be an http(s) URL with any IPv6 address in brackets, such as '
+                             'http://[::1]:8080, got %r (%s)' % (p['url'], url_problem))
     result = dict(changed=False, verified=None, problems=[], ready_after=0.0)
     if module.check_mode:
         module.exit_json(**result)

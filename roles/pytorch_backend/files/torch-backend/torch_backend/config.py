@@ -6,7 +6,8 @@ names the variable, before the expensive torch import.
 
 Variables (defaults in brackets):
 
-    TORCH_BACKEND_HOST              [127.0.0.1]
+    TORCH_BACKEND_HOST              [127.0.0.1]  IPv4 or IPv6 address (bare: ::1; :: = all,
+                                    IPv4 too) or host name (bound over IPv4)
     TORCH_BACKEND_PORT              [8080]  0 = any free port (tests)
     TORCH_BACKEND_MODEL_DIR         [/var/lib/torch-backend/models]  missing = built-ins only
     TORCH_BACKEND_WORKERS           [1]     inference worker threads
@@ -29,6 +30,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
+
+from . import listen_address
 
 DEFAULT_MODEL_DIR = "/var/lib/torch-backend/models"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -103,6 +106,9 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
     cores = usable_cores() if cores is None else cores
 
     host = _get(env, "TORCH_BACKEND_HOST") or "127.0.0.1"
+    host_problem = listen_address.problem(host)
+    if host_problem:
+        raise ConfigError("TORCH_BACKEND_HOST", host, host_problem)
     port = _int(env, "TORCH_BACKEND_PORT", 8080, 0, 65535)
 
     model_dir = _get(env, "TORCH_BACKEND_MODEL_DIR") or DEFAULT_MODEL_DIR

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, Iterable, Optional
 from urllib.parse import unquote
 
-from . import SERVER_NAME, __version__, conv_backends, logs, notify
+from . import SERVER_NAME, __version__, conv_backends, listen_address, logs, notify
 from .drift import DriftReport
 from .metrics import Metrics
 from .models import Model
@@ -350,7 +350,7 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, host: str, port: int, app: App):
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.address_family = listen_address.family(host)
         self.app = app
         super().__init__((host, port), Handler)
 
@@ -366,6 +366,9 @@ class Server(ThreadingHTTPServer):
     def server_bind(self):
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn), which can
         # stall start-up for seconds on a host with broken DNS: skip it.
+        if listen_address.is_ipv6_any(self.server_address[0]):
+            # "::" means every address, IPv4 ones too, whatever net.ipv6.bindv6only says.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
@@ -384,8 +387,7 @@ class Service:
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                          name="http", daemon=True).start()
         host, port = self.httpd.server_address[:2]
-        shown = f"[{host}]" if ":" in host else host
-        log.info("listening on http://%s:%d", shown, port)
+        log.info("listening on %s", listen_address.url(host, port))
 
     def install_signal_handlers(self) -> None:
         def on_signal(signum, _frame):

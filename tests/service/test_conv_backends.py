@@ -1,7 +1,10 @@
-"""Which backend each Conv2d layer runs on: in-process on scripted models, and through the
-real service (GET /v2/models/{name} and GET /v2), compared with what
-torch._C._select_conv_backend answers in this test process for the same layer and flags."""
+"""Which backend each Conv2d layer runs on: in-process on scripted models (recorded by the
+model's own warm-up, models.Model.warm_up), and through the real service (GET
+/v2/models/{name} and GET /v2), compared with what torch._C._select_conv_backend answers in
+this test process for the same layer and flags. The recording adds no forward pass and leaves
+the warm-up counting as the TorchScript profiling executor's run."""
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -63,8 +66,20 @@ def expected_backends(batch, mkldnn=True, nnpack=None):
     return out
 
 
+def warmed(module, input_shape, output_shape, name="convs"):
+    """A Model of `module` after its warm-up (the start-up's pass, recording the backends)."""
+    model = models.Model(name, module, [models.TensorSpec("x", "FP32", tuple(input_shape))],
+                         [models.TensorSpec("y", "FP32", tuple(output_shape))], "test")
+    model.warm_up()
+    return model
+
+
+def report_of(module, input_shape=INPUT, output_shape=(-1, 32)):
+    return warmed(module, input_shape, output_shape).conv_backends
+
+
 def test_each_layer_is_asked_with_its_real_input_shape():
-    report = conv_backends.of_model(torch.jit.script(Convs().eval()), [torch.zeros(1, 3, 64, 64)])
+    report = report_of(torch.jit.script(Convs().eval()))
     assert [layer["input"] for layer in report["layers"]] == [[1, 3, 64, 64], [1, 16, 32, 32],
                                                               [1, 32, 32, 32]]
     assert [layer["weight"][2:] for layer in report["layers"]] == [[7, 7], [5, 5], [3, 3]]
@@ -75,8 +90,7 @@ def test_each_layer_is_asked_with_its_real_input_shape():
 
 def test_onednn_off_falls_to_slow2d_at_batch_1():
     with torch.backends.mkldnn.flags(enabled=False):
-        report = conv_backends.of_model(torch.jit.script(Convs().eval()),
-                                        [torch.zeros(1, 3, 64, 64)])
+        report = report_of(torch.jit.script(Convs().eval()))
     assert report["mkldnn_enabled"] is False
     assert report["batch_1"] == {"Slow2d": 3} and report["slow2d"] is True
     assert [layer["batch_16"] for layer in report["layers"]] == expected_backends(16, mkldnn=False)
@@ -84,7 +98,8 @@ def test_onednn_off_falls_to_slow2d_at_batch_1():
 
 def test_the_builtin_selftest_is_slow2d_at_batch_1_but_never_flags_the_host():
     model = models.builtin_models()[0]
-    report = model.measure_conv_backends()
+    model.warm_up()
+    report = model.conv_backends
     assert report["batch_1"] == {"Slow2d": 1}, report   # declined by oneDNN on purpose
     summary = conv_backends.host_summary([model])
     assert summary["models"][selftest.MODEL_NAME]["builtin"] is True
@@ -102,10 +117,74 @@ def test_control_flow_and_no_conv_layers():
                 return x.mean(dim=(1, 2, 3))
             return self.conv(x).mean(dim=(1, 2, 3))
 
-    report = conv_backends.of_model(torch.jit.script(Branchy()), [torch.zeros(1, 3, 32, 32)])
+    report = report_of(torch.jit.script(Branchy()), [-1, 3, 32, 32], [-1])
     assert len(report["layers"]) == 1
-    flat = conv_backends.of_model(torch.jit.script(torch.nn.Linear(4, 2)), [torch.zeros(1, 4)])
+    flat = report_of(torch.jit.script(torch.nn.Linear(4, 2)), [-1, 4], [-1, 2])
     assert flat["layers"] == [] and conv_backends.describe(flat) == "no Conv2d layers"
+
+
+def test_string_padding_and_traced_models_are_seen_too():
+    # padding="same" reaches the mode as aten.conv2d.padding -> aten._convolution_mode under
+    # inference mode; a traced model calls aten._convolution itself
+    class Same(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 8, 5, padding="same")
+            self.b = torch.nn.Conv2d(8, 8, 4, padding="same")   # even kernel: padded apart
+
+        def forward(self, x):
+            return self.b(self.a(x)).mean(dim=(1, 2, 3))
+
+    report = report_of(torch.jit.script(Same().eval()), [-1, 3, 32, 32], [-1])
+    assert [layer["weight"][2:] for layer in report["layers"]] == [[5, 5], [4, 4]], report
+    traced = torch.jit.trace(Convs().eval(), torch.zeros(1, 3, 64, 64))
+    assert "aten::_convolution" in str(traced.inlined_graph)
+    report = report_of(traced)
+    assert [layer["batch_1"] for layer in report["layers"]] == expected_backends(1)
+
+
+class Counting:
+    """Counts the calls of the module it wraps (Model calls its module once per pass)."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.module(*args)
+
+
+def loaded_convs():
+    """Convs as the service gets a model, torch.jit.load: its own TorchScript executor (scripted
+    modules of one class share theirs, so another test's runs would count)."""
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(Convs().eval()), buffer)
+    buffer.seek(0)
+    return torch.jit.load(buffer)
+
+
+def test_the_warm_up_is_the_only_pass_and_still_counts_as_the_profiled_run():
+    model = warmed(Counting(loaded_convs()), INPUT, (-1, 32))
+    assert model.module.calls == 1                      # no pass of its own for the report
+    assert len(model.conv_backends["layers"]) == 3
+    # The profiling executor profiles the first run, optimizes on the next: after a warm-up
+    # under the recorder, the first request runs the optimized graph, as after a plain one.
+    model.run(model.warm_up_arrays())
+    assert "prim::profile" not in str(torch.jit.last_executed_optimized_graph())
+    cold = models.Model("cold", loaded_convs(), model.inputs, model.outputs, "test")
+    cold.run(cold.warm_up_arrays())                     # no warm-up: the first run profiles
+    assert "prim::profile" in str(torch.jit.last_executed_optimized_graph())
+
+
+def test_a_failing_backend_query_costs_the_report_not_the_start_mocked_select(monkeypatch):
+    # torch._C._select_conv_backend cannot be made to fail for real: replaced by one that raises
+    def broken(*args):
+        raise RuntimeError("no answer")
+
+    monkeypatch.setattr(conv_backends, "_backend", broken)
+    model = warmed(torch.jit.script(Convs().eval()), INPUT, (-1, 32))
+    assert model.conv_backends == {"error": "RuntimeError: no answer"}
+    assert conv_backends.describe(model.conv_backends) == "unknown (RuntimeError: no answer)"
 
 
 # --- through the real service ---------------------------------------------------------
@@ -153,3 +232,39 @@ def test_service_reports_the_backends_torch_selects_and_the_onednn_off_flip(tmp_
     assert server["conv_backends"]["slow2d"] == ["convs"]
     assert "WARNING torch_backend" in stderr and "model convs: Conv2d layers fall to the slow " \
         "direct path (Slow2d)" in stderr
+
+
+class CountsCalls(torch.nn.Module):
+    """Counts its forward passes in a buffer and returns the count: what the service ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 5)
+        self.register_buffer("calls", torch.zeros(1))
+
+    def forward(self, x):
+        self.calls.add_(1)
+        return self.conv(x).mean(dim=(1, 2, 3)), self.calls.clone()
+
+
+@pytest.mark.slow
+def test_service_start_runs_one_pass_per_model_the_warm_up(tmp_path):
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    torch.jit.save(torch.jit.script(CountsCalls().eval()), str(model_dir / "counted.pt"))
+    (model_dir / "counted.json").write_text(json.dumps({
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 32, 32]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]},
+                    {"name": "calls", "datatype": "FP32", "shape": [1]}]}))
+    srv = ServerProcess(tmp_path, {"TORCH_BACKEND_MODEL_DIR": str(model_dir), "USE_NNPACK": "1"},
+                        name="counted").start()
+    try:
+        srv.wait_ready()
+        assert len(srv.get_json("/v2/models/counted")[1]["conv_backends"]["layers"]) == 1
+        status, _, body = srv.infer("counted", {"inputs": [
+            {"name": "x", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.0] * 3072}]})
+        assert status == 200, body[:200]
+        calls = {o["name"]: o["data"] for o in json.loads(body)["outputs"]}["calls"]
+        assert calls == [2.0], "passes before this request: %s" % (calls[0] - 1)  # warm-up + it
+    finally:
+        assert srv.terminate() == 0, srv.stderr

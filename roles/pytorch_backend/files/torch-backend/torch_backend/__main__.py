@@ -88,7 +88,7 @@ def serve() -> int:
                 raise models.ModelError(model.name, f"warm-up inference failed: "
                                                     f"{type(exc).__name__}: {exc}") from None
             log.info("model %s loaded and warmed (%s)", model.name, model.source)
-            report = model.measure_conv_backends()
+            report = model.conv_backends
             log.info("model %s conv backends (mkldnn=%s nnpack=%s): %s", model.name,
                      "on" if report.get("mkldnn_enabled") else "off",
                      "on" if report.get("nnpack_enabled") else "off",

@@ -11,13 +11,19 @@ NNPACK off changes no code path here" is a fact reported per host and model.
 
 How each layer's real input shape is found: TorchScript modules take no forward
 hooks, and static shape propagation gives up on models with control flow. So
-one forward pass on the warm-up input (zeros, variable dimensions 1) runs under
-a TorchDispatchMode that sees every ``aten.convolution`` call with its real
-arguments, and asks for the backend right there: at batch 1 with the real
-input, at batch 16 with an uninitialized tensor of the same shape (never
-touched: no memory is committed for it). The pass runs under ``no_grad``, not
-``inference_mode``: under inference mode the JIT hands the mode ``aten.conv2d``
-before it decomposes, with string paddings among its overloads.
+the warm-up pass the service runs anyway (models.Model.warm_up: zeros, variable
+dimensions 1, under inference mode like every request) runs under a
+TorchDispatchMode that sees every convolution with its real arguments and asks
+for the backend right there: at batch 1 with the real input, at batch 16 with an
+uninitialized tensor of the same shape (never touched: no memory is committed
+for it). No pass is added: the cost is the mode's per-op overhead and the
+queries, which compute nothing.
+
+Under inference mode the JIT's ``aten::conv2d`` reaches the mode before it
+decomposes (string paddings through ``aten._convolution_mode``); the recorder
+decomposes those itself, with the mode back on, which is what the dispatcher
+would do next, so it sees the ``aten.convolution`` each becomes and the model
+computes what it computes without the mode.
 
 Models whose inputs are not batched (a fixed first dimension) are asked at the
 batches they declare scaled by 1 and by 16 all the same: the figure says what
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Iterable, List, Sequence
+from typing import Iterable, List
 
 BATCHES = (1, 16)
 SLOW = "Slow2d"
@@ -42,11 +48,16 @@ def _backend(inp, weight, bias, stride, padding, dilation, transposed, output_pa
                                          groups, None).name
 
 
-def _recorder(base_batch: int):
+def recorder(base_batch: int):
+    """A dispatch mode to run a model's warm-up pass under (`base_batch`: the first
+    dimension of the warm-up input); its report() says what it saw."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    conv = torch.ops.aten.convolution.default
+    aten = torch.ops.aten
+    composite = {aten.conv2d.default, aten.conv2d.padding, aten._convolution_mode.default}
+    # aten._convolution too: a traced model calls it directly
+    convolutions = {aten.convolution.default, aten._convolution.default}
 
     class Recorder(TorchDispatchMode):
         """Asks for the backend of each 2-D, non-transposed convolution it sees."""
@@ -54,6 +65,8 @@ def _recorder(base_batch: int):
         def __init__(self):
             super().__init__()
             self.layers: List[dict] = []
+            self.error = None
+            self.seconds = 0.0  # spent asking
 
         @classmethod
         def _should_skip_dynamo(cls) -> bool:
@@ -63,9 +76,20 @@ def _recorder(base_batch: int):
             return False
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is conv:
-                self._ask(*args)
-            return func(*args, **(kwargs or {}))
+            kwargs = kwargs or {}
+            if func in composite:
+                with self:
+                    out = func.decompose(*args, **kwargs)
+                if out is not NotImplemented:
+                    return out
+            if func in convolutions and self.error is None:
+                start = time.perf_counter()
+                try:
+                    self._ask(*args[:9])
+                except Exception as exc:  # noqa: BLE001 - the report says so; the pass goes on
+                    self.error = f"{type(exc).__name__}: {exc}"
+                self.seconds += time.perf_counter() - start
+            return func(*args, **kwargs)
 
         def _ask(self, inp, weight, bias, stride, padding, dilation, transposed, output_padding,
                  groups):
@@ -87,32 +111,25 @@ def _recorder(base_batch: int):
                                 "stride": list(stride), "padding": list(padding),
                                 "dilation": list(dilation), "groups": int(groups), **backends})
 
+        def report(self) -> dict:
+            """The backends of the model's Conv2d layers, once the pass has run."""
+            if self.error is not None:
+                return {"error": self.error}
+            return {
+                "mkldnn_enabled": bool(torch._C._get_mkldnn_enabled()),
+                "nnpack_enabled": bool(torch._C._get_nnpack_enabled()),
+                "layers": self.layers,
+                **{f"batch_{b}": count(self.layers, b) for b in BATCHES},
+                "slow2d": any(layer[f"batch_{b}"] == SLOW for layer in self.layers for b in BATCHES),
+                "seconds": round(self.seconds, 4),
+            }
+
     return Recorder()
 
 
 def count(layers: Iterable[dict], batch: int) -> dict:
     """{backend: number of layers} at one batch, most frequent first."""
     return dict(Counter(layer[f"batch_{batch}"] for layer in layers).most_common())
-
-
-def of_model(module, tensors: Sequence) -> dict:
-    """The backends of a model's Conv2d layers, from one forward pass on `tensors`
-    (the warm-up input, first dimension = the batch it stands for)."""
-    import torch
-
-    start = time.perf_counter()
-    recorder = _recorder(int(tensors[0].shape[0]) if tensors and tensors[0].dim() else 1)
-    with torch.no_grad(), recorder:
-        module(*tensors)
-    layers = recorder.layers
-    return {
-        "mkldnn_enabled": bool(torch._C._get_mkldnn_enabled()),
-        "nnpack_enabled": bool(torch._C._get_nnpack_enabled()),
-        "layers": layers,
-        **{f"batch_{b}": count(layers, b) for b in BATCHES},
-        "slow2d": any(layer[f"batch_{b}"] == SLOW for layer in layers for b in BATCHES),
-        "seconds": round(time.perf_counter() - start, 4),
-    }
 
 
 def describe(report: dict) -> str:

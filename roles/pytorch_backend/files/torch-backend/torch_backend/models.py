@@ -104,7 +104,7 @@ class Model:
         self.outputs = list(outputs)
         self.source = source
         self.platform = PLATFORM
-        # conv_backends.of_model's report, once measured at start-up (None before)
+        # the Conv2d backends its warm-up recorded (conv_backends.py; None before)
         self.conv_backends: Optional[dict] = None
 
     @property
@@ -156,24 +156,22 @@ class Model:
     def warm_up(self) -> None:
         """One inference on zeros (variable dims = 1): proves the model runs
         here and pays one-time costs (TorchScript optimisation, allocator)
-        before the service reports ready."""
-        self.run(self.warm_up_arrays())
-
-    def measure_conv_backends(self) -> dict:
-        """Which backend each Conv2d layer runs on here (conv_backends.py), from
-        one pass on the warm-up input. Never fails the start: a model this
-        cannot follow reports an error instead."""
-        import torch
-
+        before the service reports ready. The same pass records which backend
+        each Conv2d layer runs on (conv_backends.py) into `conv_backends`."""
         from . import conv_backends
 
+        arrays = self.warm_up_arrays()
+        recorder = conv_backends.recorder(arrays[0].shape[0] if arrays and arrays[0].ndim else 1)
         try:
-            report = conv_backends.of_model(
-                self.module, [torch.from_numpy(a) for a in self.warm_up_arrays()])
-        except Exception as exc:  # noqa: BLE001 - the model already ran in warm-up
-            report = {"error": f"{type(exc).__name__}: {exc}"}
-        self.conv_backends = report
-        return report
+            with recorder:
+                self.run(arrays)
+        except Exception as exc:  # noqa: BLE001 - told apart below
+            # The model's own failure fails again without the recorder and stops the
+            # start as before; one the recorder caused costs the report, not the start.
+            self.run(arrays)
+            self.conv_backends = {"error": f"{type(exc).__name__}: {exc}"}
+            return
+        self.conv_backends = recorder.report()
 
 
 def builtin_models() -> List[Model]:

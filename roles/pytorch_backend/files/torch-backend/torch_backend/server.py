@@ -6,8 +6,8 @@ in the bounded WorkerPool. Routes (Open Inference Protocol, KServe v2):
     GET  /v2/health/live            200 while the process runs
     GET  /v2/health/ready           200 once models are loaded and warmed, else 503
     GET  /v2                        server metadata (+ "nnpack", "cpu_drift", "release",
-                                    "config_digest")
-    GET  /v2/models/{name}          model metadata
+                                    "config_digest", "conv_backends": per model)
+    GET  /v2/models/{name}          model metadata (+ "conv_backends": per layer)
     GET  /v2/models/{name}/ready    200 / 503 / 404
     POST /v2/models/{name}/infer    JSON or binary tensor data
     GET  /metrics                   Prometheus text format
@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, Iterable, Optional
 from urllib.parse import unquote
 
-from . import SERVER_NAME, __version__, listen_address, logs, notify
+from . import SERVER_NAME, __version__, conv_backends, listen_address, logs, notify
 from .drift import DriftReport
 from .metrics import Metrics
 from .models import Model
@@ -92,6 +92,7 @@ class App:
             "cpu_drift": self.cpu_drift.metadata(),
             "release": self.release,
             "config_digest": self.config_digest,
+            "conv_backends": conv_backends.host_summary(self.models.values()),
         }
 
     def begin(self) -> None:

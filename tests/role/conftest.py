@@ -104,12 +104,3 @@ def ipv6_service(tmp_path_factory):
         proc.terminate()
         proc.wait(timeout=30)
 
-
-# The suite's longest file (one ansible-playbook run over hundreds of generated hosts) goes first:
-# scripts/test runs pytest on two workers, a file to one of them, in collection order, and that
-# file should not be the one left running alone at the end.
-LONGEST_FIRST = ("test_preflight_generated.py",)
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)

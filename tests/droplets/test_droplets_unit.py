@@ -88,8 +88,7 @@ def test_up_options(droplets_mod, monkeypatch):
 
 def test_guest_kernel_args_come_before_the_users(droplets_mod, tmp_path):
     d = _fake_droplet(droplets_mod, tmp_path, "k", 2222)
-    argv = droplets_mod.qemu_argv(d)
-    assert argv[argv.index("-append") + 1].split()[-1] == "mitigations=off"
+    assert argv_append(droplets_mod.qemu_argv(d)).split()[-1] == "mitigations=off"
     d.state["append"] = "mitigations=auto quiet"
     # the kernel keeps the last value: what the user appends wins
     assert argv_append(droplets_mod.qemu_argv(d)).endswith("mitigations=off mitigations=auto quiet")

@@ -260,3 +260,36 @@ def encode_infer_response(model: Model, request: InferRequest,
     if not blobs:
         return [header], None
     return [header] + blobs, len(header)
+
+
+# Upper bounds of one value's JSON text with its comma: a float32 widened to a
+# Python float prints up to 24 characters ("-1.2345678901234567e-300,").
+_JSON_VALUE_BYTES = {"f": 25, "i": 21, "u": 21, "b": 6}
+
+
+def check_response_size(model: Model, request: InferRequest, results: Sequence[np.ndarray],
+                        limit: int) -> None:
+    """Refuse, before encoding anything, a response that could exceed `limit` bytes:
+    JSON text of a large tensor is ~10x its raw bytes, and building it would
+    hold the whole text in memory."""
+    by_name = {s.name: a for s, a in zip(model.outputs, results)}
+    raw = estimate = 0
+    json_names = []
+    for name, binary in request.outputs:
+        array = by_name[name]
+        raw += array.nbytes
+        if binary:
+            estimate += array.nbytes
+        else:
+            estimate += array.size * _JSON_VALUE_BYTES.get(array.dtype.kind, 25)
+            json_names.append(name)
+    if estimate <= limit:
+        return
+    if json_names and raw <= limit:
+        raise ProtocolError(f"response too large: output(s) {json_names} as JSON could take up "
+                            f"to {estimate} bytes, over the limit of {limit} bytes "
+                            f"(TORCH_BACKEND_MAX_RESPONSE_BYTES); ask for binary output "
+                            f"(parameters.binary_data_output=true, or binary_data=true per "
+                            f"output: {raw} bytes raw)")
+    raise ProtocolError(f"response too large: {raw} bytes of output even as binary data, over "
+                        f"the limit of {limit} bytes (TORCH_BACKEND_MAX_RESPONSE_BYTES)")

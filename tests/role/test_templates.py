@@ -119,3 +119,17 @@ def test_serving_unit_carries_a_memory_limit_and_the_candidate_goes_first_under_
     assert not any(line.startswith("MemoryMax=") for line in unlimited.splitlines())
     sized = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"), pytorch_backend_memory_max="1536M")
     assert "MemoryMax=1536M" in sized.splitlines()
+
+
+def test_unit_descriptor_limit_leaves_room_for_a_connection_flood(playbook, tmp_path):
+    """The service caps its connections FD_RESERVE below the soft descriptor limit
+    (torch_backend/limits.py): the unit's LimitNOFILE must leave thousands, and with no
+    thread per connection a fixed TasksMax bounds workers, codec and torch threads."""
+    import re
+
+    lines = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported")).splitlines()
+    limits = dict(ln.split("=", 1) for ln in lines if ln.startswith(("LimitNOFILE=", "TasksMax=")))
+    reserve = int(re.search(r"^FD_RESERVE = (\d+)$", (ROLE / "files" / "torch-backend" / "torch_backend"
+                                                       / "limits.py").read_text(), re.M).group(1))
+    assert int(limits["LimitNOFILE"]) - reserve >= 4096, limits
+    assert 256 <= int(limits["TasksMax"]) <= 4096, limits

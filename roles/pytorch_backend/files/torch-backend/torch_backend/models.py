@@ -96,6 +96,10 @@ def sha256_file(path: str) -> str:
 class Model:
     """A loaded model with its declared tensors; ``run`` is thread-safe."""
 
+    # One version per model: the metadata lists it, the versioned routes
+    # (/v2/models/{name}/versions/{v}/...) answer for it, responses name it.
+    versions = ("1",)
+
     def __init__(self, name: str, module: Any, inputs: Sequence[TensorSpec],
                  outputs: Sequence[TensorSpec], source: str):
         self.name = name
@@ -108,7 +112,7 @@ class Model:
     def metadata(self) -> dict:
         return {
             "name": self.name,
-            "versions": ["1"],
+            "versions": list(self.versions),
             "platform": self.platform,
             "inputs": [s.as_dict() for s in self.inputs],
             "outputs": [s.as_dict() for s in self.outputs],

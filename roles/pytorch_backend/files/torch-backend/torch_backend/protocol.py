@@ -252,7 +252,7 @@ def encode_infer_response(model: Model, request: InferRequest,
                                     f"with parameters.binary_data=true to get the raw values")
             entry["data"] = array.ravel().tolist()
         entries.append(entry)
-    response = {"model_name": model.name, "model_version": "1"}
+    response = {"model_name": model.name, "model_version": model.versions[-1]}
     if request.id is not None:
         response["id"] = request.id
     response["outputs"] = entries

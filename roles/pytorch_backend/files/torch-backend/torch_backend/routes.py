@@ -24,7 +24,7 @@ from .workers import QueueFull
 
 log = logs.get("http")
 
-MODEL_PATH_RE = re.compile(r"^/v2/models/([^/]+)(/ready|/infer)?/?$")
+MODEL_PATH_RE = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?/?$")
 JSON = "application/json"
 
 
@@ -151,11 +151,11 @@ class Routes:
         try:
             match = MODEL_PATH_RE.match(ex.path)
             if match:
-                name, action = match.group(1), match.group(2) or ""
+                name, version, action = match.group(1), match.group(2), match.group(3) or ""
                 infer = action == "/infer"
                 if name in app.models:
                     model_label = name
-                await self._model_route(ex, name, action)
+                await self._model_route(ex, name, version, action)
             else:
                 await self._static_route(ex, ex.path.rstrip("/") or "/")
         except HTTPError as exc:
@@ -192,7 +192,8 @@ class Routes:
         else:
             raise HTTPError(404, f"no such path: {path}")
 
-    async def _model_route(self, ex: Exchange, name: str, action: str) -> None:
+    async def _model_route(self, ex: Exchange, name: str, version: Optional[str],
+                           action: str) -> None:
         app = self.app
         if not app.ready:
             why = "shutting down" if app.draining else "not ready (loading models)"
@@ -200,6 +201,9 @@ class Routes:
         model = app.models.get(name)
         if model is None:
             raise HTTPError(404, f"unknown model {name!r}; available: {sorted(app.models)}")
+        if version is not None and version not in model.versions:
+            raise HTTPError(404, f"model {name!r} has no version {version!r}; versions: "
+                                 f"{list(model.versions)}")
         if action == "":
             ex.only("GET", "HEAD")
             await ex.respond_json(200, model.metadata())

@@ -12,6 +12,7 @@ a few codec threads. Routes (Open Inference Protocol, KServe v2):
     GET  /v2/models/{name}          model metadata
     GET  /v2/models/{name}/ready    200 / 503 / 404
     POST /v2/models/{name}/infer    JSON or binary tensor data
+         /v2/models/{name}/versions/{v}[/ready|/infer]   the same, for a listed version
     GET  /metrics                   Prometheus text format
 """
 

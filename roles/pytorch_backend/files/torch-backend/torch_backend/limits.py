@@ -116,6 +116,23 @@ class GuardedH11Protocol(H11Protocol):
                 and not self.cycle.response_complete:
             self._cancel_header_timer()
 
+    def eof_received(self):
+        """The client shut its sending side. uvicorn closes the whole connection
+        here, so a request sent in full, or cut short, never got its answer."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if cycle.more_body:
+                # The body ends short of its Content-Length: hand the app what
+                # came as the end, so that it answers 400 now, not at its deadline.
+                cycle.more_body = False
+                cycle.message_event.set()
+            return True  # keep our sending side open for the answer
+        if self.conn.trailing_data[0]:
+            # Part of a request line or headers, then EOF: h11 refuses it (400).
+            self.conn.receive_data(b"")
+            self.handle_events()
+        return None
+
     def on_response_complete(self) -> None:
         self.last_active = time.monotonic()
         super().on_response_complete()

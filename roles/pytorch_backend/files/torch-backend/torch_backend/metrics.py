@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 ERROR_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-               408: "timeout", 411: "length_required", 413: "too_large", 500: "internal",
-               503: "unavailable"}
+               408: "timeout", 411: "length_required", 413: "too_large",
+               431: "headers_too_large", 500: "internal", 503: "unavailable"}
 
 # Why the server closed a connection on its own (the label's whole value set).
 CLOSE_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "over_connection_cap")

@@ -26,6 +26,11 @@ log = logs.get("http")
 
 MODEL_PATH_RE = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?/?$")
 JSON = "application/json"
+# h11 refuses (431) a request line or header block still incomplete past 16 KiB,
+# but takes a larger one that arrives whole: the same bound, whatever the arrival.
+# And as http.server had it, at most 100 header fields.
+MAX_HEAD_BYTES = 16 * 1024
+MAX_HEADERS = 100
 
 
 class HTTPError(Exception):
@@ -49,12 +54,11 @@ class Exchange:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self.headers: Dict[str, str] = {}
-        self.duplicates = set()
-        for name, value in scope["headers"]:
-            key = name.decode("latin-1")
-            if key in self.headers:
-                self.duplicates.add(key)
-            self.headers[key] = value.decode("latin-1")
+        self.http_version: str = scope["http_version"]
+        self.target: bytes = scope["raw_path"] + b"?" + scope["query_string"]
+        self.header_list = scope["headers"]
+        for name, value in self.header_list:
+            self.headers[name.decode("latin-1")] = value.decode("latin-1")
         self.receive = receive
         self._send = send
         self.status = 0
@@ -129,6 +133,8 @@ class Exchange:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
+        if len(body) < length:  # the client shut its side early (limits.eof_received)
+            raise HTTPError(400, f"body ended after {len(body)} of {length} bytes", close=True)
         self.body_read = True
         return body
 
@@ -149,6 +155,7 @@ class Routes:
         model_label, infer = None, False
         app.begin()
         try:
+            self._refuse_early(ex)
             match = MODEL_PATH_RE.match(ex.path)
             if match:
                 name, version, action = match.group(1), match.group(2), match.group(3) or ""
@@ -160,6 +167,8 @@ class Routes:
                 await self._static_route(ex, ex.path.rstrip("/") or "/")
         except HTTPError as exc:
             ex.close = ex.close or exc.close
+            if exc.status == 408:
+                app.metrics.closed("body_timeout")
             await ex.respond_json(exc.status, {"error": str(exc)}, exc.headers)
         except ClientGone:
             return
@@ -173,6 +182,25 @@ class Routes:
             app.end()
             if ex.status:
                 app.metrics.request(model_label, ex.status, time.perf_counter() - start, infer)
+
+    def _refuse_early(self, ex: Exchange) -> None:
+        """What is wrong whatever the route: an overlong head, a body over the limit
+        (refused before routing, so no 100 Continue invites it on any route)."""
+        if not ex.http_version.startswith("1."):
+            # h11 parses any HTTP/d.d; RFC 9110 §15.6.6 answers another major version so.
+            raise HTTPError(505, f"HTTP/{ex.http_version} is not supported; use HTTP/1.1",
+                            close=True)
+        if len(ex.target) > MAX_HEAD_BYTES:
+            raise HTTPError(414, f"request target longer than {MAX_HEAD_BYTES} bytes", close=True)
+        if len(ex.header_list) > MAX_HEADERS:
+            raise HTTPError(431, f"more than {MAX_HEADERS} header fields", close=True)
+        if sum(len(k) + len(v) + 4 for k, v in ex.header_list) > MAX_HEAD_BYTES:
+            raise HTTPError(431, f"header fields longer than {MAX_HEAD_BYTES} bytes", close=True)
+        raw = ex.headers.get("content-length")
+        limit = self.app.config.max_body_bytes
+        if raw is not None and int(raw) > limit:
+            raise HTTPError(413, f"request body of {raw} bytes exceeds the limit of "
+                                 f"{limit} bytes", close=True)
 
     async def _static_route(self, ex: Exchange, path: str) -> None:
         app = self.app

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .models import Model
+from .models import BF16, Model
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -76,10 +76,35 @@ def _check_shape(spec, shape, where: str) -> int:
     return math.prod(shape)
 
 
-def _finite(array: np.ndarray, where: str) -> None:
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+def _nonfinite(spec, array: np.ndarray) -> bool:
+    if spec.datatype == BF16:  # raw bit patterns: an all-ones exponent is Inf or NaN
+        return bool((array & 0x7F80 == 0x7F80).any())
+    return array.dtype.kind == "f" and not np.isfinite(array).all()
+
+
+def _finite(spec, array: np.ndarray, where: str) -> None:
+    if _nonfinite(spec, array):
         raise ProtocolError(f"{where}: values must be finite numbers within "
                             f"the range of the datatype (no NaN/Inf)")
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values -> bfloat16 bit patterns (uint16), rounded to nearest even."""
+    bits = values.astype(np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + 0x7FFF
+    return ((bits + rounding) >> 16).astype(np.uint16)
+
+
+def bf16_values(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32 values (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _kinds(spec) -> str:
+    """The numpy kinds JSON data may have for the spec's datatype."""
+    if spec.datatype == "BOOL":
+        return "b"
+    return "iuf" if spec.is_float else "iu"
 
 
 def _from_json_data(spec, data, shape, count: int, where: str) -> np.ndarray:
@@ -90,9 +115,19 @@ def _from_json_data(spec, data, shape, count: int, where: str) -> np.ndarray:
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise ProtocolError(f"{where}.data must be a flat list of numbers or "
                             f"lists nested exactly to the shape") from None
-    if raw.dtype.kind not in "iuf" or (raw.size and raw.dtype.kind == "f"
-                                        and spec.dtype.kind != "f"):
-        kind = "numbers" if spec.dtype.kind == "f" else "integers"
+    if raw.dtype.kind in "fO" and not spec.is_float and spec.datatype != "BOOL":
+        # Integers past INT64's range make numpy infer float64 (or object), losing
+        # digits: take them as the declared type, exactly, if they fit.
+        exact = np.asarray(data, dtype=object)
+        if exact.size and all(type(v) is int for v in exact.ravel()):
+            try:
+                raw = np.asarray(exact.tolist(), dtype=spec.dtype.newbyteorder("="))
+            except OverflowError:
+                raise ProtocolError(f"{where}.data has values outside the {spec.datatype} "
+                                    f"range") from None
+    if raw.size and raw.dtype.kind not in _kinds(spec):
+        kind = ("true/false" if spec.datatype == "BOOL" else
+                "numbers" if spec.is_float else "integers")
         raise ProtocolError(f"{where}.data must contain only {kind} for datatype {spec.datatype}")
     if raw.size != count:
         raise ProtocolError(f"{where}: shape {shape} needs {count} values, data has {raw.size}")
@@ -100,15 +135,18 @@ def _from_json_data(spec, data, shape, count: int, where: str) -> np.ndarray:
         raise ProtocolError(f"{where}.data is nested as {list(raw.shape)}, which is neither "
                             f"flat nor the shape {shape}")
     native = spec.dtype.newbyteorder("=")
-    if native.kind == "i":
+    if native.kind in "iu" and not spec.is_float:
         info = np.iinfo(native)
-        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+        if raw.size and (int(raw.min()) < info.min or int(raw.max()) > info.max):
             raise ProtocolError(f"{where}.data has values outside the {spec.datatype} range")
     # Out-of-range floats become inf here and are rejected just below; the
     # errstate keeps numpy from printing a RuntimeWarning into the journal.
     with np.errstate(over="ignore", invalid="ignore"):
-        array = raw.astype(native).reshape(shape)
-    _finite(array, where)
+        if spec.datatype == BF16:
+            array = bf16_bits(raw.astype(np.float32)).reshape(shape)
+        else:
+            array = raw.astype(native).reshape(shape)
+    _finite(spec, array, where)
     return array
 
 
@@ -167,6 +205,9 @@ def parse_infer(model: Model, body, header_length: Optional[str]) -> InferReques
         if name in arrays:
             raise ProtocolError(f"{where}: input {name!r} given twice")
         where = f"input {name!r}"
+        if item.get("datatype") == "BYTES" and spec.datatype != "BYTES":
+            raise ProtocolError(f"{where}: datatype BYTES (strings) is not accepted: the model "
+                                f"declares {spec.datatype!r}, a numeric tensor")
         if item.get("datatype") != spec.datatype:
             raise ProtocolError(f"{where}: datatype {item.get('datatype')!r} does not match the "
                                 f"model's {spec.datatype!r}")
@@ -197,7 +238,9 @@ def parse_infer(model: Model, body, header_length: Optional[str]) -> InferReques
         # Copy: the slice may be unaligned, and the request buffer should not
         # outlive the request inside a tensor.
         array = raw.astype(spec.dtype.newbyteorder("="), copy=True).reshape(shape)
-        _finite(array, where)
+        if spec.datatype == "BOOL" and (array.view(np.uint8) > 1).any():
+            raise ProtocolError(f"{where}: BOOL binary data must be bytes 0 or 1")
+        _finite(spec, array, where)
         arrays[name] = array
         offset += size
     if offset != len(binary):
@@ -246,11 +289,12 @@ def encode_infer_response(model: Model, request: InferRequest,
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
+            if _nonfinite(spec, array):
                 raise ProtocolError(f"output {name!r} contains NaN or Inf, which JSON cannot "
                                     f"carry (input values too large for the model?); ask for it "
                                     f"with parameters.binary_data=true to get the raw values")
-            entry["data"] = array.ravel().tolist()
+            values = bf16_values(array) if spec.datatype == BF16 else array
+            entry["data"] = values.ravel().tolist()
         entries.append(entry)
     response = {"model_name": model.name, "model_version": model.versions[-1]}
     if request.id is not None:

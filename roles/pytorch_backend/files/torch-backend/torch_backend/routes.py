@@ -31,6 +31,8 @@ JSON = "application/json"
 # And as http.server had it, at most 100 header fields.
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 100
+# Unread bodies up to this size are read and dropped before an error answer (keep-alive).
+DISCARD_MAX_BYTES = 64 * 1024
 
 
 class HTTPError(Exception):
@@ -167,6 +169,8 @@ class Routes:
                 await self._static_route(ex, ex.path.rstrip("/") or "/")
         except HTTPError as exc:
             ex.close = ex.close or exc.close
+            if not ex.close:
+                await self._discard_small_body(ex)
             if exc.status == 408:
                 app.metrics.closed("body_timeout")
             await ex.respond_json(exc.status, {"error": str(exc)}, exc.headers)
@@ -182,6 +186,19 @@ class Routes:
             app.end()
             if ex.status:
                 app.metrics.request(model_label, ex.status, time.perf_counter() - start, infer)
+
+    async def _discard_small_body(self, ex: Exchange) -> None:
+        """Read and drop a small unread body before refusing its request (404, 405, ...):
+        closing with it unread makes the kernel reset the connection, which can
+        destroy the answer before the client reads it; read, the connection stays."""
+        raw = ex.headers.get("content-length")
+        if ex.body_read or raw is None or "transfer-encoding" in ex.headers \
+                or int(raw) > DISCARD_MAX_BYTES:
+            return
+        try:
+            await ex.read_body(DISCARD_MAX_BYTES, self.app.config.body_timeout)
+        except (HTTPError, ClientGone):
+            ex.close = True
 
     def _refuse_early(self, ex: Exchange) -> None:
         """What is wrong whatever the route: an overlong head, a body over the limit

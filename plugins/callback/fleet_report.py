@@ -15,21 +15,25 @@ description:
   - "Reads the run-wide custom stats the pytorch_backend role sets with C(ansible.builtin.set_stats)
     (C(per_host: false), so that AWX and ansible-runner keep them as the job's artifacts):
     C(pytorch_backend_fleet), one row per host keyed by host name (host, outcome, release, serving_release,
-    cpu_model, avx2, fma, nnpack, use_nnpack, cpu_capability, verified, latency_ms, message; merged with
-    C(aggregate: true), so the last row a host set wins) and, once per play, C(pytorch_backend_targets)
-    (the play's hosts: C(ansible_play_hosts_all), which a C(--limit) has already narrowed)."
+    cpu_model, avx2, fma, nnpack, use_nnpack, cpu_capability, verified, latency_ms, conv, conv_slow2d,
+    message; merged with C(aggregate: true), so the last row a host set wins) and, once per play,
+    C(pytorch_backend_targets) (the play's hosts: C(ansible_play_hosts_all), which a C(--limit) has already
+    narrowed)."
   - "The outcome of a host is the one the role set: C(served), C(rolled_back), C(kept) (the new release was
     refused, the old one kept serving) or C(failed). A target host the role set nothing for is C(failed) or
     C(unreachable) as the run's stats say, otherwise C(not reached): its batch never ran because an earlier
     batch stopped the rollout."
+  - "Column CONV: which backend the deployed models' Conv2d layers run on at batch 1 and 16 as the service reports
+    it (e.g. C(Mkldnn), or C(1:Slow2d! 16:Mkldnn)); a host with layers on C(Slow2d) gets a WARNING line."
   - Prints nothing when the run set no C(pytorch_backend_targets) (playbooks that do not run the role).
 '''
 
 from ansible.plugins.callback import CallbackBase
 
 OUTCOMES = ('served', 'rolled_back', 'kept', 'failed', 'unreachable', 'not reached')
-ROW = '%-16s %-12s %-34s %-5s %-5s %-22s %-10s %-10s %-8s %s'
-HEADER = ('HOST', 'OUTCOME', 'CPU', 'AVX2', 'FMA3', 'NNPACK', 'USE_NNPACK', 'CAPABILITY', 'VERIFIED', 'P50 MS')
+ROW = '%-16s %-12s %-34s %-5s %-5s %-22s %-10s %-10s %-8s %-7s %s'
+HEADER = ('HOST', 'OUTCOME', 'CPU', 'AVX2', 'FMA3', 'NNPACK', 'USE_NNPACK', 'CAPABILITY', 'VERIFIED', 'P50 MS',
+          'CONV')
 
 
 def _flag(value, no='no'):
@@ -102,7 +106,8 @@ class CallbackModule(CallbackBase):
                 self._display.display(ROW % (r['host'], r['outcome'], _text(r.get('cpu_model'), 34),
                                              _flag(r.get('avx2')), _flag(r.get('fma')), _text(r.get('nnpack')),
                                              _text(r.get('use_nnpack')), _text(r.get('cpu_capability')),
-                                             _flag(r.get('verified'), 'NO'), _text(r.get('latency_ms'))))
+                                             _flag(r.get('verified'), 'NO'), _text(r.get('latency_ms')),
+                                             _text(r.get('conv'))))
             else:
                 self._display.display(ROW % ((r['host'], r['outcome']) + ('-',) * (len(HEADER) - 2)))
 
@@ -116,6 +121,10 @@ class CallbackModule(CallbackBase):
             if r.get('serving_release'):
                 about.append('serving %s' % r['serving_release'])
             self._display.display('%s (%s): %s' % (r['host'], ', '.join(about), _text(r.get('message')).strip()))
+        for r in rows:
+            if r.get('conv_slow2d'):
+                self._display.display('WARNING: %s: Conv2d layers fall to the slow direct path (Slow2d) in %s'
+                                      % (r['host'], ', '.join(str(m) for m in r['conv_slow2d'])))
         if not_reached:
             self._display.display('not reached (the rollout stopped before their batch): %s' % ', '.join(not_reached))
 

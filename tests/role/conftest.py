@@ -14,7 +14,7 @@ ROLE = ROOT / "roles" / "pytorch_backend"
 BIN = Path(sys.executable).parent
 
 
-def run_playbook(tmp_path, playbook_text, extra_vars=None, check=False):
+def run_playbook(tmp_path, playbook_text, extra_vars=None, check=False, args=()):
     """Run a playbook against localhost (connection local) and return the completed process."""
     playbook = tmp_path / "play.yml"
     playbook.write_text(playbook_text)
@@ -25,6 +25,7 @@ def run_playbook(tmp_path, playbook_text, extra_vars=None, check=False):
         cmd += ["-e", "@" + str(varfile)]
     if check:
         cmd.append("--check")
+    cmd += list(args)
     # ANSIBLE_FILTER_PLUGINS: the role's filters, which a play that runs the role has, also
     # for the plays here that only read its vars or render its templates.
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_FORCE_COLOR="0",
@@ -35,8 +36,8 @@ def run_playbook(tmp_path, playbook_text, extra_vars=None, check=False):
 
 @pytest.fixture
 def playbook(tmp_path):
-    def _run(text, extra_vars=None, check=False):
-        return run_playbook(tmp_path, text, extra_vars, check)
+    def _run(text, extra_vars=None, check=False, args=()):
+        return run_playbook(tmp_path, text, extra_vars, check, args)
     return _run
 
 

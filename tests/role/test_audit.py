@@ -83,3 +83,33 @@ def test_a_limited_audit_reports_the_hosts_in_the_limit_only(tmp_path):
     run = [line for line in out.splitlines() if line.startswith("\tRUN: ")]
     assert len(run) == 1, out
     assert json.loads(run[0][len("\tRUN: "):])["pytorch_backend_audit"] == report
+
+
+def test_report_shows_conv_backends_and_warns_on_slow2d(tmp_path):
+    """audit.md.j2 rendered with rows as audit.yml makes them (conv fields from the role's filter)."""
+    import jinja2
+
+    sys.path.insert(0, str(ROOT / "roles" / "pytorch_backend" / "filter_plugins"))
+    from conv_backends import conv_backends_short, conv_backends_slow2d
+
+    def row(host, summary):
+        return {"host": host, "cpu_model": "CPU", "avx2": True, "fma": True, "cache_enumerated": True,
+                "nnpack": "supported", "would_write": "unset", "deployed": "unset", "drift": False,
+                "conv": conv_backends_short(summary), "conv_slow2d": conv_backends_slow2d(summary),
+                "conv_backends": summary}
+
+    fast = {"mkldnn_enabled": True, "nnpack_enabled": True, "slow2d": [],
+            "models": {"resnet18": {"builtin": False, "batch_1": {"Mkldnn": 20}, "batch_16": {"Mkldnn": 20}}}}
+    slow = {"mkldnn_enabled": False, "nnpack_enabled": True, "slow2d": ["resnet18"],
+            "models": {"resnet18": {"builtin": False, "batch_1": {"Slow2d": 20},
+                                    "batch_16": {"NnpackSpatial": 20}}}}
+    rows = [row("a", fast), row("b", slow), row("c", None)]
+    text = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT / "playbooks" / "templates"))) \
+        .get_template("audit.md.j2").render(_report={"hosts": rows, "unreachable_or_failed": ["d"]})
+    lines = text.splitlines()
+    assert lines[2].endswith("| Conv2d backend (batch 1, 16) |")
+    conv_column = [ln.rsplit("|", 2)[1].strip() for ln in lines if ln[:5] in ("| a |", "| b |", "| c |", "| d |")]
+    assert conv_column == ["Mkldnn", "1:Slow2d! 16:NnpackSpatial", "-", ""]
+    assert [ln for ln in lines if "Slow2d)" in ln] == [
+        "- **b**: WARNING: Conv2d layers fall to the slow direct path (Slow2d) in resnet18 (oneDNN off, "
+        "NNPACK on): per-layer detail in GET /v2/models/NAME, field conv_backends."]

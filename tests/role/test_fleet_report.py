@@ -28,14 +28,16 @@ COUNT_RE = re.compile(r"^served \d+, rolled back \d+, kept \d+, failed \d+, unre
 def _env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
     env.update(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_FILTER_PLUGINS=str(ROOT / "roles" / "pytorch_backend" / "filter_plugins"),
                ANSIBLE_LOCAL_TEMP=str(Path(extra.pop("_tmp")) / "ansible-local"))
     env.update(extra)
     return env
 
 
-def run(tmp_path, outcomes=None, args=(), playbook=STANDIN, env=None):
-    """Run `playbook` on h1..h9; `outcomes` maps a host to its standin_outcome or to 'unreachable'."""
-    outcomes = outcomes or {}
+def run(tmp_path, outcomes=None, args=(), playbook=STANDIN, env=None, conv=None):
+    """Run `playbook` on h1..h9; `outcomes` maps a host to its standin_outcome or to 'unreachable',
+    `conv` a host to the conv_backends summary its service reports on GET /v2."""
+    outcomes, conv = outcomes or {}, conv or {}
     lines = ["[fleet]"]
     for host in HOSTS:
         outcome = outcomes.get(host)
@@ -45,6 +47,9 @@ def run(tmp_path, outcomes=None, args=(), playbook=STANDIN, env=None):
             lines.append(f"{host} standin_outcome={outcome}")
         else:
             lines.append(host)
+    for host, summary in conv.items():  # beside the inventory: Ansible reads host_vars/ there
+        (tmp_path / "host_vars").mkdir(exist_ok=True)
+        (tmp_path / "host_vars" / f"{host}.json").write_text(json.dumps({"standin_conv": summary}))
     lines += ["[all:vars]", "ansible_connection=local", f"ansible_python_interpreter={sys.executable}"]
     inventory = tmp_path / "hosts.ini"
     inventory.write_text("\n".join(lines) + "\n")
@@ -203,3 +208,28 @@ def test_the_table_is_handed_on_as_run_wide_stats_for_awx(tmp_path):
     assert fleet["h1"]["outcome"] == "served" and fleet["h1"]["serving_release"] == "r2"
     assert fleet["h2"]["outcome"] == "kept" and fleet["h2"]["message"] == "stand-in kept on h2"
     assert fleet["h2"]["serving_release"] == "r1" and fleet["h2"]["release"] == "r2"
+
+
+def _summary(model_backends, slow2d=()):
+    """A GET /v2 conv_backends summary: the built-in self-test (Slow2d at batch 1 on every host,
+    never flagged) plus one deployed model with `model_backends` {batch: backend}."""
+    return {"mkldnn_enabled": True, "nnpack_enabled": True, "batches": [1, 16], "slow2d": list(slow2d),
+            "models": {"conv2d-selftest": {"builtin": True, "layers": 1, "batch_1": {"Slow2d": 1},
+                                           "batch_16": {"Mkldnn": 1}},
+                       "resnet18": {"builtin": False, "layers": 20,
+                                    **{f"batch_{b}": {name: 20} for b, name in model_backends.items()}}}}
+
+
+def test_conv_column_and_a_warning_for_a_host_on_slow2d(tmp_path):
+    proc, out = run(tmp_path, conv={"h1": _summary({1: "Mkldnn", 16: "Mkldnn"}),
+                                    "h2": _summary({1: "Slow2d", 16: "NnpackSpatial"}, ["resnet18"])},
+                    args=["-e", "pytorch_backend_serial=9"])
+    assert proc.returncode == 0, out
+    table = out.split("FLEET REPORT", 1)[1].splitlines()
+    assert "CONV" in next(line for line in table if line.startswith("HOST"))
+    row = {line.split()[0]: line for line in table if ROW_RE.match(line)}
+    assert row["h1"].rstrip().endswith(" Mkldnn")
+    assert row["h2"].rstrip().endswith(" 1:Slow2d! 16:NnpackSpatial")
+    assert row["h3"].rstrip().endswith(" -")      # no summary: the service did not answer
+    assert [line for line in table if line.startswith("WARNING")] == [
+        "WARNING: h2: Conv2d layers fall to the slow direct path (Slow2d) in resnet18"]

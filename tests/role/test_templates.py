@@ -133,3 +133,21 @@ def test_unit_descriptor_limit_leaves_room_for_a_connection_flood(playbook, tmp_
                                                        / "limits.py").read_text(), re.M).group(1))
     assert int(limits["LimitNOFILE"]) - reserve >= 4096, limits
     assert 256 <= int(limits["TasksMax"]) <= 4096, limits
+
+
+def test_secret_env_is_a_second_environment_file_only_when_given_and_stays_out_of_the_plain_one(playbook, tmp_path):
+    plain = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported")).splitlines()
+    assert not any("secret" in line for line in plain if line.startswith("EnvironmentFile="))
+    secret = {"pytorch_backend_secret_env": {"API_TOKEN": "t0ken"}}
+    main = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"), **secret).splitlines()
+    files = [line for line in main if line.startswith("EnvironmentFile=")]
+    # the secret file comes second: systemd reads it after the plain one
+    assert files == ["EnvironmentFile=/etc/torch-backend/torch-backend.env", "EnvironmentFile=/etc/torch-backend/secret.env"]
+    candidate = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"), _pb_candidate=True,
+                       _pytorch_backend_release="/opt/torch-backend/releases/r1", _pytorch_backend_release_id="r1", **secret)
+    assert "EnvironmentFile=/run/torch-backend-candidate/secret.env" in candidate.splitlines()
+    env = render(playbook, tmp_path, "torch-backend.env.j2", facts("supported"), **secret)
+    assert "t0ken" not in env and "API_TOKEN" not in env
+    text = render(playbook, tmp_path, "torch-backend.secret.env.j2", facts("supported"),
+                  pytorch_backend_secret_env={"API_TOKEN": "t0ken", "QUOTED": 'a "b" \\c'})
+    assert 'API_TOKEN="t0ken"' in text.splitlines() and 'QUOTED="a \\"b\\" \\\\c"' in text.splitlines()

@@ -34,7 +34,7 @@ def serve() -> int:
 
     import torch  # slow (seconds); numpy is a dependency, so torch does not warn about it
 
-    from . import drift, models, nnpack
+    from . import conv_backends, drift, models, nnpack
     from .server import App, Service
 
     # Is this the CPU the role decided USE_NNPACK for? (The role's fingerprint
@@ -88,6 +88,14 @@ def serve() -> int:
                 raise models.ModelError(model.name, f"warm-up inference failed: "
                                                     f"{type(exc).__name__}: {exc}") from None
             log.info("model %s loaded and warmed (%s)", model.name, model.source)
+            report = model.conv_backends
+            log.info("model %s conv backends (mkldnn=%s nnpack=%s): %s", model.name,
+                     "on" if report.get("mkldnn_enabled") else "off",
+                     "on" if report.get("nnpack_enabled") else "off",
+                     conv_backends.describe(report))
+            if report.get("slow2d") and not model.builtin:
+                log.warning("model %s: Conv2d layers fall to the slow direct path (Slow2d): %s",
+                            model.name, conv_backends.describe(report))
     except models.ModelError as exc:
         log.error("cannot start: %s", exc)
         notify.notify(f"STATUS=model load failed: {exc}")

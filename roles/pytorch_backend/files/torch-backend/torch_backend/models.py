@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
@@ -118,15 +118,24 @@ class Model:
         self.outputs = list(outputs)
         self.source = source
         self.platform = PLATFORM
+        # the Conv2d backends its warm-up recorded (conv_backends.py; None before)
+        self.conv_backends: Optional[dict] = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.source == "built-in"
 
     def metadata(self) -> dict:
-        return {
+        meta = {
             "name": self.name,
             "versions": list(self.versions),
             "platform": self.platform,
             "inputs": [s.as_dict() for s in self.inputs],
             "outputs": [s.as_dict() for s in self.outputs],
         }
+        if self.conv_backends is not None:  # an extension field, as "nnpack" is on /v2
+            meta["conv_backends"] = self.conv_backends
+        return meta
 
     def run(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Forward pass; arrays are in declared input order, already validated."""
@@ -153,13 +162,30 @@ class Model:
             out.append(array)
         return out
 
+    def warm_up_arrays(self) -> List[np.ndarray]:
+        """Zeros in the declared shapes, variable dims = 1."""
+        return [np.zeros([1 if d == -1 else d for d in s.shape], dtype=s.dtype)
+                for s in self.inputs]
+
     def warm_up(self) -> None:
         """One inference on zeros (variable dims = 1): proves the model runs
         here and pays one-time costs (TorchScript optimisation, allocator)
-        before the service reports ready."""
-        arrays = [np.zeros([1 if d == -1 else d for d in s.shape], dtype=s.dtype)
-                  for s in self.inputs]
-        self.run(arrays)
+        before the service reports ready. The same pass records which backend
+        each Conv2d layer runs on (conv_backends.py) into `conv_backends`."""
+        from . import conv_backends
+
+        arrays = self.warm_up_arrays()
+        recorder = conv_backends.recorder(arrays[0].shape[0] if arrays and arrays[0].ndim else 1)
+        try:
+            with recorder:
+                self.run(arrays)
+        except Exception as exc:  # noqa: BLE001 - told apart below
+            # The model's own failure fails again without the recorder and stops the
+            # start as before; one the recorder caused costs the report, not the start.
+            self.run(arrays)
+            self.conv_backends = {"error": f"{type(exc).__name__}: {exc}"}
+            return
+        self.conv_backends = recorder.report()
 
 
 def _to_torch(torch, spec: TensorSpec, array: np.ndarray):

@@ -8,8 +8,8 @@ a few codec threads. Routes (Open Inference Protocol, KServe v2):
     GET  /v2/health/live            200 while the process runs
     GET  /v2/health/ready           200 once models are loaded and warmed, else 503
     GET  /v2                        server metadata (+ "nnpack", "cpu_drift", "release",
-                                    "config_digest")
-    GET  /v2/models/{name}          model metadata
+                                    "config_digest", "conv_backends": per model)
+    GET  /v2/models/{name}          model metadata (+ "conv_backends": per layer)
     GET  /v2/models/{name}/ready    200 / 503 / 404
     POST /v2/models/{name}/infer    JSON or binary tensor data
          /v2/models/{name}/versions/{v}[/ready|/infer]   the same, for a listed version
@@ -29,7 +29,7 @@ from typing import Dict, Optional
 
 import uvicorn
 
-from . import SERVER_NAME, __version__, limits, listen_address, logs, notify
+from . import SERVER_NAME, __version__, conv_backends, limits, listen_address, logs, notify
 from .drift import DriftReport
 from .metrics import Metrics
 from .models import Model
@@ -104,6 +104,7 @@ class App:
             "cpu_drift": self.cpu_drift.metadata(),
             "release": self.release,
             "config_digest": self.config_digest,
+            "conv_backends": conv_backends.host_summary(self.models.values()),
         }
 
     def admit_inference(self) -> bool:

@@ -13,15 +13,23 @@ this protocol subclass adds, per connection:
   idle the longest is closed to make room, so a new one (a health check) is
   always served; only when every connection is busy is the new one refused.
 
+And a lingering close: a connection closed after an answer first shuts only its
+sending side and reads (and drops) what the client still sends, for up to
+``LINGER_S`` seconds. Closing a socket with unread bytes makes the kernel send a
+reset, which can destroy the answer just written before the client reads it: an
+early 404, 413 or 503 to a request whose body is still arriving, announced with
+``Connection: close``, would reach the client as a reset instead.
+
 The body deadline is the app's (routes.py): it reads the body itself.
 """
 
 from __future__ import annotations
 
-import resource
-import time
+import asyncio
 import json
+import resource
 import sys
+import time
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -34,6 +42,8 @@ log = logs.get("http")
 # files, the journal's stream, torch's and Python's own (imports, /proc reads).
 FD_RESERVE = 128
 MIN_CONNECTIONS = 16
+# How long a closing connection keeps reading what its client still sends (see above).
+LINGER_S = 2.0
 
 
 def connection_cap() -> int:
@@ -71,6 +81,41 @@ class Guard:
         return True
 
 
+class LingeringTransport:
+    """The connection's transport as uvicorn sees it: close() shuts our sending side
+    (FIN after the answer), then drops what still comes until the client closes or
+    LINGER_S pass; close_now() closes at once."""
+
+    def __init__(self, transport, loop):
+        self._transport = transport
+        self._loop = loop
+        self._timer = None
+        self.lingering = False
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        transport = self._transport
+        if self.lingering or transport.is_closing() or not transport.can_write_eof():
+            self.close_now()
+            return
+        self.lingering = True
+        transport.write_eof()     # sent once the answer is out
+        transport.resume_reading()
+        self._timer = self._loop.call_later(LINGER_S, self.close_now)
+
+    def close_now(self) -> None:
+        self.lingering = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._transport.close()
+
+
 def protocol_class(guard: Guard):
     """uvicorn builds a protocol per connection from a class: bind the guard to one."""
     return type("GuardedH11Protocol", (GuardedH11Protocol,), {"guard": guard})
@@ -80,7 +125,8 @@ class GuardedH11Protocol(H11Protocol):
     guard: Guard
 
     def connection_made(self, transport) -> None:
-        super().connection_made(transport)
+        self._lingering = LingeringTransport(transport, asyncio.get_running_loop())
+        super().connection_made(self._lingering)
         self.last_active = time.monotonic()
         self._header_timer = None
         if not self.guard.admit(self):
@@ -96,6 +142,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc) -> None:
         self.guard.open.discard(self)
+        self._lingering.close_now()  # its timer, if any
         self._cancel_header_timer()
         super().connection_lost(exc)
 
@@ -105,6 +152,8 @@ class GuardedH11Protocol(H11Protocol):
                 and self._header_timer is None)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering.lingering:
+            return  # closing: what the client still sends is read and dropped
         self.last_active = time.monotonic()
         waiting = self.cycle is None or self.cycle.response_complete
         if waiting and self._header_timer is None:
@@ -119,6 +168,9 @@ class GuardedH11Protocol(H11Protocol):
     def eof_received(self):
         """The client shut its sending side. uvicorn closes the whole connection
         here, so a request sent in full, or cut short, never got its answer."""
+        if self._lingering.lingering:  # the client read our answer and closed: done
+            self._lingering.close_now()
+            return None
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             if cycle.more_body:
@@ -164,6 +216,17 @@ class GuardedH11Protocol(H11Protocol):
         self.guard.metrics.request(None, status, 0.0, False)
         self.transport.close()
 
+    def shutdown(self) -> None:
+        """The server's graceful shutdown: idle connections close at once, not lingering."""
+        if self.cycle is None or self.cycle.response_complete:
+            try:
+                self.conn.send(h11.ConnectionClosed())
+            except h11.LocalProtocolError:
+                pass
+            self._lingering.close_now()
+        else:
+            super().shutdown()
+
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
@@ -185,6 +248,7 @@ class GuardedH11Protocol(H11Protocol):
     def close_quietly(self, reason: str) -> None:
         """Close without a response (none can be sent before a request is in)."""
         if self.transport.is_closing():
+            self._lingering.close_now()  # one lingering after its answer closes now
             return
         self.guard.metrics.closed(reason)
         self.guard.open.discard(self)
@@ -194,4 +258,4 @@ class GuardedH11Protocol(H11Protocol):
             self.conn.send(h11.ConnectionClosed())
         except h11.LocalProtocolError:
             pass
-        self.transport.close()
+        self._lingering.close_now()

@@ -18,6 +18,8 @@ Variables (defaults in brackets):
     TORCH_BACKEND_HEADER_TIMEOUT    [10]    seconds from a request's first byte to its last header
     TORCH_BACKEND_BODY_TIMEOUT      [60]    seconds from the headers to the body's last byte
     TORCH_BACKEND_IDLE_TIMEOUT      [60]    seconds an open connection may stay without a request
+    TORCH_BACKEND_MAX_CONNECTIONS   [0]     open connections at most; 0 = 128 below the soft
+                                    descriptor limit (RLIMIT_NOFILE), which also caps a larger value
     TORCH_BACKEND_INTRA_OP_THREADS  [usable cores // workers, at least 1]
     TORCH_BACKEND_INTER_OP_THREADS  [1]
     TORCH_BACKEND_LOG_LEVEL         [INFO]
@@ -65,6 +67,7 @@ class Config:
     header_timeout: int = 10
     body_timeout: int = 60
     idle_timeout: int = 60
+    max_connections: int = 0
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     log_level: str = "INFO"
@@ -133,6 +136,7 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
     header_timeout = _int(env, "TORCH_BACKEND_HEADER_TIMEOUT", 10, 1, 3600)
     body_timeout = _int(env, "TORCH_BACKEND_BODY_TIMEOUT", 60, 1, 3600)
     idle_timeout = _int(env, "TORCH_BACKEND_IDLE_TIMEOUT", 60, 1, 3600)
+    max_connections = _int(env, "TORCH_BACKEND_MAX_CONNECTIONS", 0, 0, 1_000_000)
 
     intra_default = max(1, cores // workers)
     intra = _int(env, "TORCH_BACKEND_INTRA_OP_THREADS", intra_default, 1, 4096)
@@ -175,7 +179,7 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
                   queue_size=queue_size, max_body_bytes=max_body,
                   max_response_bytes=max_response,
                   header_timeout=header_timeout, body_timeout=body_timeout,
-                  idle_timeout=idle_timeout,
+                  idle_timeout=idle_timeout, max_connections=max_connections,
                   intra_op_threads=intra, inter_op_threads=inter, log_level=level,
                   use_nnpack=use_nnpack, cpu_record=cpu_record,
                   config_digest=config_digest, cores=cores, clamped=tuple(clamped))

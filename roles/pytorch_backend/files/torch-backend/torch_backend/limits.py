@@ -46,13 +46,15 @@ MIN_CONNECTIONS = 16
 LINGER_S = 2.0
 
 
-def connection_cap() -> int:
+def connection_cap(wanted: int = 0) -> int:
     """The most connections to hold open: FD_RESERVE below the soft RLIMIT_NOFILE
-    (the unit's LimitNOFILE), the one place the limit is set."""
+    (the unit's LimitNOFILE), or `wanted` (TORCH_BACKEND_MAX_CONNECTIONS) when
+    that is lower; 0 = no wish, the descriptor limit decides."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
-    return max(MIN_CONNECTIONS, soft - FD_RESERVE)
+    cap = max(MIN_CONNECTIONS, soft - FD_RESERVE)
+    return min(wanted, cap) if wanted > 0 else cap
 
 
 class Guard:

@@ -67,7 +67,7 @@ class App:
         # worker plus the queue. Only the event-loop thread touches it.
         self._admitted = 0
         self.capacity = config.workers + config.queue_size
-        self.guard = limits.Guard(limits.connection_cap(),
+        self.guard = limits.Guard(limits.connection_cap(config.max_connections),
                                   config.header_timeout, config.idle_timeout, self.metrics)
         m = self.metrics
         m.gauge("torch_backend_queue_depth", "Inference requests waiting for a worker.",

@@ -1,5 +1,7 @@
 """Run on a droplet (python3 - < this file): wait until torch-backend is ready by itself, then
-print its /v2 drift report and the number of NNPACK warning lines in its journal since boot."""
+print its /v2 drift report, the number of NNPACK warning lines in its journal since boot, and the
+SHA-1 of its environment file."""
+import hashlib
 import json
 import subprocess
 import time
@@ -21,4 +23,5 @@ print(json.dumps({
     "nnpack": server.get("nnpack"),
     "warning_lines": sum("Could not initialize NNPACK" in line for line in journal.splitlines()),
     "drift_lines": [line for line in journal.splitlines() if "CPU drift" in line],
+    "env_sha1": hashlib.sha1(open("/etc/torch-backend/torch-backend.env", "rb").read()).hexdigest(),
 }))

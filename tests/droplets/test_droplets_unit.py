@@ -269,3 +269,16 @@ def test_build_image_check_builds_nothing(tmp_path):
     assert r.returncode == 1
     assert not (tmp_path / "ssh" / "id_ed25519").exists()
     assert sorted(p.name for p in (tmp_path / "image").iterdir()) == [".lock"]
+
+
+def test_ssh_try_says_why_it_failed(droplets_mod):
+    """The SSH wait reports ssh's own reason: a port that accepts and never speaks (an sshd too
+    slow to send its banner) and a closed port read differently."""
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(1)
+        why = droplets_mod.ssh_try(mute.getsockname()[1], connect_timeout=1)
+    assert why is not None and why.startswith("ssh exit 255: ") and "banner exchange" in why
+    closed = droplets_mod.pick_port()
+    why = droplets_mod.ssh_try(closed, connect_timeout=1)
+    assert why is not None and "Connection refused" in why

@@ -157,6 +157,22 @@ def test_fake_interpreter_that_hangs_times_out_promptly(module_tmp, fakes):
         assert not left, "%s survived the timeout: %s" % (pattern, left)
 
 
+@needs_torch
+def test_a_short_timeout_on_a_slow_host_still_names_the_same_cpu(module_tmp, native):
+    """On a loaded small VM a tight timeout (here 1 s, every start delayed 1.5 s by the wrapper) kills
+    the probe before it reads the CPU. The evidence-only child that follows must not share that
+    timeout: without evidence the fingerprint is that of no CPU, and the role would take the host
+    for a moved one and flip USE_NNPACK (seen in a Molecule drill, pytorch_backend_probe_timeout=1)."""
+    slow = module_tmp / "slow-start"
+    slow.write_text('#!/bin/sh\nsleep 1.5\nexec "$@"\n')
+    slow.chmod(0o755)
+    run = run_module(module_tmp, {"python": str(VENV_PYTHON), "timeout": 1, "wrapper": [str(slow)]})
+    facts = run.facts
+    assert facts["status"] == "probe_failed" and "timed out after 1 s" in facts["reason"], facts["reason"]
+    assert facts["cpu_vendor"] and facts["cpu_model"] == native.facts["cpu_model"]
+    assert facts["fingerprint"] == native.facts["fingerprint"]
+
+
 def test_fake_interpreter_printing_garbage_is_probe_failed(module_tmp, fakes):
     run = run_module(module_tmp, {"python": fakes["garbage"]})
     facts = run.facts

@@ -103,3 +103,4 @@ def ipv6_service(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+

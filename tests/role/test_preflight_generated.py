@@ -3,10 +3,10 @@
 Cases are generated from meta/argument_specs.yml (types, choices, sub-options), the
 limits tasks/preflight.yml enforces, the limits the service enforces on the values the
 role writes into its environment file (templates/torch-backend.env.j2 and the service's
-config.py), and cross-variable rules. test_preflight.py runs one ansible-playbook per
-hand-written case; here ONE run covers them all: one inventory host per case
-(case0001, ...), its bad value in host_vars (which override the role defaults), the role
-applied as in test_preflight.py, in check mode. A second play in the same run applies
+config.py), and cross-variable rules, plus the hand-written cases of bad_values.py. ONE
+run covers them all: one inventory host per case (case0001, ...), its bad value in
+host_vars (which override the role defaults), the role applied as a playbook would, in
+check mode. A second play in the same run applies
 the argument spec and preflight.yml to a few GOOD hosts, which must pass.
 
 Safety: besides --check, every host has ansible_shell_executable=/bin/false, so no module
@@ -38,6 +38,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bad_values import BAD
 from conftest import ROLE, ROOT
 
 HERE = Path(__file__).resolve().parent
@@ -353,6 +354,8 @@ def generate():
     bd, wd = "pytorch_backend_base_dir", "pytorch_backend_wheelhouse_dir"
     c.add("cross-dir-vs-file", ef, values={ef: spec[bd]["default"]}, names=(ef, bd))
     c.add("cross-dir-vs-file", sf, values={sf: spec[wd]["default"]}, names=(sf, wd))
+    for var, value, named in BAD:
+        c.add("hand-written", var, value, names=(named,))
     return c.cases
 
 

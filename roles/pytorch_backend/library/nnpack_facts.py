@@ -36,7 +36,8 @@ options:
       - Seconds (a positive integer) the probe may take before its whole process group is killed and the status
         is V(probe_failed). Natively the probe takes about as long as C(import torch); emulated CPUs need minutes.
       - When the probe gave no CPU evidence, an evidence-only child (no C(torch)) of the module's own interpreter
-        runs under the same O(wrapper) with at most O(timeout) or 60 seconds, whichever is smaller.
+        runs under the same O(wrapper) with a limit of its own, 60 seconds, so that a tight O(timeout) on a slow host
+        still leaves the host's CPU identity (and so its fingerprint) known.
     type: int
     default: 180
   wrapper:

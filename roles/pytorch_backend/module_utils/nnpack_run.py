@@ -21,6 +21,9 @@ from ansible.module_utils.nnpack_verdict import has_evidence
 # probed interpreter needs neither Ansible nor these files on disk. The sources are read
 # through the modules' loaders: inside the AnsiballZ zip that is zipimport, from a checkout
 # the file.
+# seconds for the evidence-only child (no torch): it reads /proc, /sys and CPUID
+EVIDENCE_TIMEOUT = 60
+
 _BOOTSTRAP = (
     "import sys, types\n"
     "m = sys.modules['cpu_identity'] = types.ModuleType('cpu_identity')\n"
@@ -107,7 +110,9 @@ def probe(python, prefix, timeout, env, host_view=False):
             res = run(child_command(prefix, python, ["--no-cpuid"]), timeout, env)
             rec = parse_records(res["stdout"])
     if not has_evidence(rec):
-        ev_res = run(child_command(prefix, sys.executable, ["--evidence-only"]), min(timeout, 60), env)
+        # its own limit, not the probe's: a tight probe timeout on a slow host would leave the
+        # host without a CPU identity, and the role would take it for a moved one
+        ev_res = run(child_command(prefix, sys.executable, ["--evidence-only"]), EVIDENCE_TIMEOUT, env)
         fallback = parse_records(ev_res["stdout"])
         if fallback and host_view:
             fallback["evidence_source"] += " (host view; wrapper not applied)"

@@ -1,0 +1,45 @@
+"""Run on a droplet (ansible.builtin.script): what verify_host.yml checks, read in one go, since
+every module launch costs seconds on an emulated guest. Prints one JSON line."""
+import glob
+import json
+import os
+import re
+import subprocess
+
+ROOTS = ["/opt/torch-backend", "/etc/torch-backend", "/etc/systemd/system/torch-backend.service",
+         "/var/cache/torch-backend"]
+MODES = ["/opt/torch-backend", "/opt/torch-backend/releases", "/etc/torch-backend",
+         "/etc/torch-backend/torch-backend.env", "/etc/torch-backend/cpu-record.json",
+         "/etc/systemd/system/torch-backend.service", "/var/cache/torch-backend/wheelhouse",
+         "/opt/torch-backend/current/models", "/opt/torch-backend/current/.complete"]
+# modules the service imports at start: pip installs torch without byte-compiling it, and the
+# deploy writes the cache files of what the service imports (the service user cannot)
+IMPORTED = ["torch/__init__", "torch/nn/modules/conv", "numpy/__init__", "torch_backend/server",
+            "torch_backend/__main__"]
+
+
+def run(argv):
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+site = glob.glob("/opt/torch-backend/current/venv/lib/python3*/site-packages")
+security = run(["systemd-analyze", "security", "--no-pager", "torch-backend.service"]).stdout
+rating = re.search(r"Overall exposure level for torch-backend.service: ([0-9.]+)", security)
+print(json.dumps({
+    "avx2": re.search(r"\bavx2\b", read("/proc/cpuinfo")) is not None,
+    "env": read("/etc/torch-backend/torch-backend.env"),
+    "record": json.loads(read("/etc/ansible/facts.d/torch_backend.fact")),
+    # files the role wrote that are group- or world-writable or not owned by root
+    "loose": run(["find", *ROOTS, "!", "-type", "l", "(", "-perm", "/022", "-o", "!", "-user", "root", ")",
+                  "-print"]).stdout.splitlines(),
+    "modes": run(["stat", "-c", "%n %U:%G:%a", *MODES]).stdout.splitlines(),
+    "uncompiled": [m for m in IMPORTED if not site or not glob.glob(
+        os.path.join(site[0], os.path.dirname(m), "__pycache__", os.path.basename(m) + ".cpython-*.pyc"))],
+    "active": run(["systemctl", "is-active", "torch-backend.service"]).stdout.strip(),
+    "exposure": float(rating.group(1)) if rating else None,
+}))

@@ -20,7 +20,9 @@ description:
     C(pytorch_backend_targets) (the play's hosts: C(ansible_play_hosts_all), which a C(--limit) has already
     narrowed)."
   - "The outcome of a host is the one the role set: C(served), C(rolled_back), C(kept) (the new release was
-    refused, the old one kept serving) or C(failed). A target host the role set nothing for is C(failed) or
+    refused, the old one kept serving), C(failed), C(unverified) (deployed with C(pytorch_backend_verify) off) or
+    C(checked) (a C(--check) run). The count line names the last two only when some host has them.
+    A target host the role set nothing for is C(failed) or
     C(unreachable) as the run's stats say, otherwise C(not reached): its batch never ran because an earlier
     batch stopped the rollout."
   - "Column CONV: which backend the deployed models' Conv2d layers run on at batch 1 and 16 as the service reports
@@ -31,6 +33,8 @@ description:
 from ansible.plugins.callback import CallbackBase
 
 OUTCOMES = ('served', 'rolled_back', 'kept', 'failed', 'unreachable', 'not reached')
+# runs that verify nothing: counted only when present, so a deploy's count line stays the same
+UNVERIFIED_OUTCOMES = ('unverified', 'checked')
 ROW = '%-16s %-12s %-34s %-5s %-5s %-22s %-10s %-10s %-8s %-7s %s'
 HEADER = ('HOST', 'OUTCOME', 'CPU', 'AVX2', 'FMA3', 'NNPACK', 'USE_NNPACK', 'CAPABILITY', 'VERIFIED', 'P50 MS',
           'CONV')
@@ -128,7 +132,8 @@ class CallbackModule(CallbackBase):
         if not_reached:
             self._display.display('not reached (the rollout stopped before their batch): %s' % ', '.join(not_reached))
 
-        counts = dict((o, 0) for o in OUTCOMES)
+        counts = dict((o, 0) for o in OUTCOMES + UNVERIFIED_OUTCOMES)
         for r in rows:
             counts[r['outcome'] if r['outcome'] in counts else 'failed'] += 1
-        self._display.display(', '.join('%s %d' % (o.replace('_', ' '), counts[o]) for o in OUTCOMES))
+        shown = OUTCOMES + tuple(o for o in UNVERIFIED_OUTCOMES if counts[o])
+        self._display.display(', '.join('%s %d' % (o.replace('_', ' '), counts[o]) for o in shown))

@@ -86,6 +86,19 @@ def test_up_options(droplets_mod, monkeypatch):
         droplets_mod.parse_args(["up", "x", "--accel", "hvf"])
 
 
+def test_guest_kernel_args_come_before_the_users(droplets_mod, tmp_path):
+    d = _fake_droplet(droplets_mod, tmp_path, "k", 2222)
+    argv = droplets_mod.qemu_argv(d)
+    assert argv[argv.index("-append") + 1].split()[-1] == "mitigations=off"
+    d.state["append"] = "mitigations=auto quiet"
+    # the kernel keeps the last value: what the user appends wins
+    assert argv_append(droplets_mod.qemu_argv(d)).endswith("mitigations=off mitigations=auto quiet")
+
+
+def argv_append(argv):
+    return argv[argv.index("-append") + 1]
+
+
 def test_cli_rejects_bad_names_and_duplicates(run_cli):
     r = run_cli("up", "Bad_Name", check=2)
     assert "bad droplet name" in r.stderr

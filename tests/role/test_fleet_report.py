@@ -21,8 +21,9 @@ STANDIN = HERE / "fleet_report_standin.yml"
 DEPLOY = ROOT / "playbooks" / "deploy.yml"
 HOSTS = ["h%d" % i for i in range(1, 10)]
 DEFAULT_BATCHES = [["h1"], ["h2", "h3"], ["h4", "h5"], ["h6", "h7"], ["h8", "h9"]]
-ROW_RE = re.compile(r"^(h\d+)\s+(not reached|served|rolled_back|kept|failed|unreachable)\s")
-COUNT_RE = re.compile(r"^served \d+, rolled back \d+, kept \d+, failed \d+, unreachable \d+, not reached \d+$", re.M)
+ROW_RE = re.compile(r"^(h\d+)\s+(not reached|served|rolled_back|kept|failed|unreachable|unverified|checked)\s")
+COUNT_RE = re.compile(r"^served \d+, rolled back \d+, kept \d+, failed \d+, unreachable \d+, not reached \d+"
+                      r"(, unverified \d+)?(, checked \d+)?$", re.M)
 
 
 def _env(**extra):
@@ -147,6 +148,30 @@ def test_overrides_one_batch_kept_failed_and_unreachable(tmp_path):
     assert any(line.startswith('h3 (unreachable): at task "Reach the host"') for line in rest), rest
     assert any(line.startswith('h6 (failed): at task "Fail before any result') for line in rest), rest
     assert counts == "served 5, rolled back 0, kept 1, failed 2, unreachable 1, not reached 0"
+
+
+def test_a_deploy_with_verification_off_reports_its_hosts_unverified_not_unreached(tmp_path):
+    # the role reports through the same step file (apply.yml imports it)
+    assert "steps/report_unverified.yml" in (ROOT / "roles/pytorch_backend/tasks/steps/apply.yml").read_text()
+    proc, out = run(tmp_path, args=["-e", "pytorch_backend_verify=false"])
+    assert proc.returncode == 0, out
+    assert batches(out) == DEFAULT_BATCHES, out
+    rows, rest, counts = report(out)
+    assert rows == {h: "unverified" for h in HOSTS}, out
+    assert counts == "served 0, rolled back 0, kept 0, failed 0, unreachable 0, not reached 0, unverified 9"
+    assert all("pytorch_backend_verify is off" in line for line in rest) and len(rest) == 9, rest
+    # VERIFIED is unknown ("-"), not NO: nothing checked it
+    h1 = next(line for line in out.split("FLEET REPORT", 1)[1].splitlines() if line.startswith("h1 "))
+    assert h1.split()[-3:] == ["-", "-", "-"], h1
+
+
+def test_a_check_run_reports_its_hosts_checked(tmp_path):
+    proc, out = run(tmp_path, args=["--check"])
+    assert proc.returncode == 0, out
+    rows, rest, counts = report(out)
+    assert rows == {h: "checked" for h in HOSTS}, out
+    assert counts == "served 0, rolled back 0, kept 0, failed 0, unreachable 0, not reached 0, checked 9"
+    assert all("check mode: nothing was changed" in line for line in rest), rest
 
 
 def test_nothing_printed_for_a_playbook_that_sets_no_targets(tmp_path):

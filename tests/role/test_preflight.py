@@ -2,8 +2,8 @@
 
 Runs the real role against localhost in check mode (so even a preflight bug could not
 change this machine). The hand-written bad values (bad_values.py) run with the generated
-ones in test_preflight_generated.py's single ansible-playbook run: one run per value cost
-about 8 s each, 400 s of the suite for 50 values.
+ones in test_preflight_generated.py's single ansible-playbook run: one run per value
+took 6-12 s each (pytest --durations), for 46 values.
 """
 import pytest
 

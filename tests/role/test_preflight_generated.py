@@ -6,8 +6,8 @@ role writes into its environment file (templates/torch-backend.env.j2 and the se
 config.py), and cross-variable rules, plus the hand-written cases of bad_values.py. ONE
 run covers them all: one inventory host per case (case0001, ...), its bad value in
 host_vars (which override the role defaults), the role applied as a playbook would, in
-check mode. A second play in the same run applies
-the argument spec and preflight.yml to a few GOOD hosts, which must pass.
+check mode. A second play in the same run applies the argument spec and preflight.yml
+to a few GOOD hosts, which must pass.
 
 Safety: besides --check, every host has ansible_shell_executable=/bin/false, so no module
 can run on this machine for a bad value that slips through (only the role's read-only

@@ -16,14 +16,14 @@ import time
 from ansible.module_utils import cpu_identity, nnpack_probe
 from ansible.module_utils.nnpack_verdict import has_evidence
 
+# seconds for the evidence-only child (no torch): it reads /proc, /sys and CPUID
+EVIDENCE_TIMEOUT = 60
+
 # The child is `PYTHON -c BOOTSTRAP [args]`: the bootstrap makes cpu_identity.py importable
 # as `cpu_identity` and runs nnpack_probe.py as __main__, both from their source text, so the
 # probed interpreter needs neither Ansible nor these files on disk. The sources are read
 # through the modules' loaders: inside the AnsiballZ zip that is zipimport, from a checkout
 # the file.
-# seconds for the evidence-only child (no torch): it reads /proc, /sys and CPUID
-EVIDENCE_TIMEOUT = 60
-
 _BOOTSTRAP = (
     "import sys, types\n"
     "m = sys.modules['cpu_identity'] = types.ModuleType('cpu_identity')\n"

@@ -12,10 +12,11 @@ answers health checks.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from typing import Dict, Iterable, List, Optional, Tuple
+
+import orjson
 
 from . import logs
 from .protocol import (HEADER_LENGTH, ProtocolError, check_response_size, encode_infer_response,
@@ -96,8 +97,7 @@ class Exchange:
         self.status = status
 
     async def respond_json(self, status: int, obj, headers: Optional[dict] = None) -> None:
-        await self.respond(status, [json.dumps(obj, separators=(",", ":")).encode()], JSON,
-                           headers)
+        await self.respond(status, [orjson.dumps(obj)], JSON, headers)
 
     def only(self, *methods: str) -> None:
         if self.method not in methods:

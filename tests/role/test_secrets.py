@@ -11,6 +11,8 @@ import subprocess
 import sys
 import sysconfig
 
+import yaml
+
 from conftest import DECIDE_PLAY, ROLE
 
 TOKEN = "s3cr3t-T0KEN-4711"
@@ -98,7 +100,8 @@ def test_pip_gets_index_credentials_from_a_root_only_file_never_argv_or_output_m
         assert call["conf_mode"] == "0o600"
     # pip still gets the indexes, credentials included, from its own config file
     assert requirements["conf"] == f"[global]\nextra-index-url = {extra_index}\nindex-url = {torch_index}\n"
-    assert requirements["argv"][-2:] == ["torch==2.13.0", "numpy==2.4.6"]
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())["pytorch_backend_requirements"]
+    assert "torch==2.13.0" in defaults and requirements["argv"][-len(defaults):] == defaults
     assert service["conf"] == f"[global]\nindex-url = {extra_index}\n"
     # nothing of them is left behind, and -v/--diff printed none of them
     assert not (release / "venv" / "pip.conf").exists()

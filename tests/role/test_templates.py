@@ -58,6 +58,38 @@ def test_env_file_threads_only_when_set(playbook, tmp_path):
     assert "TORCH_BACKEND_INTRA_OP_THREADS=2" in text.splitlines()
 
 
+def test_env_file_carries_the_http_limits(playbook, tmp_path):
+    """Every HTTP limit the service reads has its role variable, written as given."""
+    lines = render(playbook, tmp_path, "torch-backend.env.j2", facts("supported")).splitlines()
+    for line in ["TORCH_BACKEND_MAX_RESPONSE_BYTES=67108864", "TORCH_BACKEND_HEADER_TIMEOUT=10",
+                 "TORCH_BACKEND_BODY_TIMEOUT=60", "TORCH_BACKEND_IDLE_TIMEOUT=60",
+                 "TORCH_BACKEND_MAX_CONNECTIONS=0"]:
+        assert line in lines, line
+    lines = render(playbook, tmp_path, "torch-backend.env.j2", facts("supported"),
+                   pytorch_backend_max_response_bytes=2048, pytorch_backend_header_timeout=5,
+                   pytorch_backend_body_timeout=30, pytorch_backend_idle_timeout=15,
+                   pytorch_backend_max_connections=500).splitlines()
+    for line in ["TORCH_BACKEND_MAX_RESPONSE_BYTES=2048", "TORCH_BACKEND_HEADER_TIMEOUT=5",
+                 "TORCH_BACKEND_BODY_TIMEOUT=30", "TORCH_BACKEND_IDLE_TIMEOUT=15",
+                 "TORCH_BACKEND_MAX_CONNECTIONS=500"]:
+        assert line in lines, line
+
+
+def test_max_connections_limit_is_the_units_descriptor_limit_less_the_reserve(playbook, tmp_path):
+    """Preflight's upper bound for pytorch_backend_max_connections is what the service can hold
+    under the unit's LimitNOFILE (FD_RESERVE below it): a larger value would be capped silently."""
+    import re
+
+    import yaml
+
+    lines = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported")).splitlines()
+    nofile = int(next(ln for ln in lines if ln.startswith("LimitNOFILE=")).split("=", 1)[1])
+    reserve = int(re.search(r"^FD_RESERVE = (\d+)$", (ROLE / "files" / "torch-backend" / "torch_backend"
+                                                       / "limits.py").read_text(), re.M).group(1))
+    table = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["_pytorch_backend_whole_numbers"]
+    assert table["pytorch_backend_max_connections"]["max"] == nofile - reserve
+
+
 def test_unit_is_notify_hardened_and_points_at_current(playbook, tmp_path):
     text = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"))
     lines = text.splitlines()
@@ -119,6 +151,20 @@ def test_serving_unit_carries_a_memory_limit_and_the_candidate_goes_first_under_
     assert not any(line.startswith("MemoryMax=") for line in unlimited.splitlines())
     sized = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"), pytorch_backend_memory_max="1536M")
     assert "MemoryMax=1536M" in sized.splitlines()
+
+
+def test_unit_descriptor_limit_leaves_room_for_a_connection_flood(playbook, tmp_path):
+    """The service caps its connections FD_RESERVE below the soft descriptor limit
+    (torch_backend/limits.py): the unit's LimitNOFILE must leave thousands, and with no
+    thread per connection a fixed TasksMax bounds workers, codec and torch threads."""
+    import re
+
+    lines = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported")).splitlines()
+    limits = dict(ln.split("=", 1) for ln in lines if ln.startswith(("LimitNOFILE=", "TasksMax=")))
+    reserve = int(re.search(r"^FD_RESERVE = (\d+)$", (ROLE / "files" / "torch-backend" / "torch_backend"
+                                                       / "limits.py").read_text(), re.M).group(1))
+    assert int(limits["LimitNOFILE"]) - reserve >= 4096, limits
+    assert 256 <= int(limits["TasksMax"]) <= 4096, limits
 
 
 def test_secret_env_is_a_second_environment_file_only_when_given_and_stays_out_of_the_plain_one(playbook, tmp_path):

@@ -83,8 +83,9 @@ def test_build_info_metric(server):
     assert re.search(r"^# TYPE torch_backend_build_info gauge$", text, re.M)
     lines = [ln for ln in text.splitlines() if ln.startswith("torch_backend_build_info")]
     served = release.resolve(sys.prefix) or ""
-    assert lines == [f'torch_backend_build_info{{version="0.1.0",release="{served}",'
-                     f'config_digest="{SERVER_CONFIG_DIGEST}"}} 1'], lines
+    # prometheus_client lists labels alphabetically and values as floats.
+    assert lines == [f'torch_backend_build_info{{config_digest="{SERVER_CONFIG_DIGEST}",'
+                     f'release="{served}",version="0.1.0"}} 1.0'], lines
 
 
 def test_model_metadata_and_ready(server):
@@ -102,12 +103,12 @@ def test_metrics(server):
     server.infer("conv2d-selftest", GOOD)
     server.infer("conv2d-selftest", {"inputs": []})
     text = server.metrics()
-    assert re.search(r'^torch_backend_requests_total\{model="conv2d-selftest",code="200"\} \d+$',
+    assert re.search(r'^torch_backend_requests_total\{code="200",model="conv2d-selftest"\} \d+\.0$',
                      text, re.M)
-    assert re.search(r'^torch_backend_requests_total\{model="conv2d-selftest",code="400"\} \d+$',
+    assert re.search(r'^torch_backend_requests_total\{code="400",model="conv2d-selftest"\} \d+\.0$',
                      text, re.M)
-    assert re.search(r'^torch_backend_errors_total\{kind="bad_request"\} \d+$', text, re.M)
-    assert 'torch_backend_request_duration_seconds_bucket{model="conv2d-selftest",le="+Inf"}' in text
+    assert re.search(r'^torch_backend_errors_total\{kind="bad_request"\} \d+\.0$', text, re.M)
+    assert 'torch_backend_request_duration_seconds_bucket{le="+Inf",model="conv2d-selftest"}' in text
     assert 'torch_backend_request_duration_seconds_count{model="conv2d-selftest"}' in text
     assert re.search(r"^# TYPE torch_backend_request_duration_seconds histogram$", text, re.M)
     assert server.metric("torch_backend_queue_depth") == 0

@@ -15,6 +15,31 @@ def test_defaults():
     assert cfg.log_level == "INFO" and cfg.use_nnpack is None and cfg.clamped == ()
 
 
+def test_http_limits_defaults_and_values():
+    cfg = config.load({}, cores=2)
+    assert (cfg.max_response_bytes, cfg.header_timeout, cfg.body_timeout, cfg.idle_timeout,
+            cfg.max_connections) == (64 * 1024 * 1024, 10, 60, 60, 0)
+    cfg = config.load({"TORCH_BACKEND_MAX_RESPONSE_BYTES": "1024", "TORCH_BACKEND_HEADER_TIMEOUT": "1",
+                       "TORCH_BACKEND_BODY_TIMEOUT": "3600", "TORCH_BACKEND_IDLE_TIMEOUT": "5",
+                       "TORCH_BACKEND_MAX_CONNECTIONS": "100"}, cores=2)
+    assert (cfg.max_response_bytes, cfg.header_timeout, cfg.body_timeout, cfg.idle_timeout,
+            cfg.max_connections) == (1024, 1, 3600, 5, 100)
+
+
+def test_connection_cap_is_the_lower_of_the_wish_and_the_descriptor_limit():
+    import resource
+
+    from torch_backend import limits
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    by_fds = limits.connection_cap()
+    if soft != resource.RLIM_INFINITY:
+        assert by_fds == max(limits.MIN_CONNECTIONS, soft - limits.FD_RESERVE)
+    assert limits.connection_cap(0) == by_fds
+    assert limits.connection_cap(20) == min(20, by_fds)
+    assert limits.connection_cap(by_fds + 1000) == by_fds
+
+
 def test_intra_default_divides_cores_between_workers():
     assert config.load({"TORCH_BACKEND_WORKERS": "2"}, cores=4).intra_op_threads == 2
     assert config.load({"TORCH_BACKEND_WORKERS": "3"}, cores=4).intra_op_threads == 1
@@ -58,6 +83,12 @@ BAD = [
     ("TORCH_BACKEND_CONFIG_DIGEST", "0" * 65),
     ("TORCH_BACKEND_CONFIG_DIGEST", "0123456789abcdeg"),
     ("TORCH_BACKEND_CONFIG_DIGEST", "01234567 89abcdef"),
+    ("TORCH_BACKEND_MAX_RESPONSE_BYTES", "1023"),
+    ("TORCH_BACKEND_HEADER_TIMEOUT", "0"),
+    ("TORCH_BACKEND_BODY_TIMEOUT", "3601"),
+    ("TORCH_BACKEND_IDLE_TIMEOUT", "1m"),
+    ("TORCH_BACKEND_MAX_CONNECTIONS", "-1"),
+    ("TORCH_BACKEND_MAX_CONNECTIONS", "1000001"),
 ]
 
 

@@ -107,8 +107,8 @@ def test_server_keeps_reporting_its_start_up_release_after_current_is_switched(t
         assert os.path.realpath(current) == str(tmp_path / "releases" / R2)
         status, meta = srv.get_json("/v2")
         assert status == 200 and meta["release"] == R1, meta
-        assert re.search(rf'^torch_backend_build_info\{{version="0\.1\.0",release="{R1}",'
-                         rf'config_digest="feedfacecafebeef"\}} 1$', srv.metrics(), re.M)
+        assert re.search(rf'^torch_backend_build_info\{{config_digest="feedfacecafebeef",'
+                         rf'release="{R1}",version="0\.1\.0"\}} 1\.0$', srv.metrics(), re.M)
         assert srv.terminate() == 0, srv.stderr
     finally:
         srv.kill()

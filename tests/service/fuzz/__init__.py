@@ -29,13 +29,13 @@ case needs it). Categories:
                   mid-request or before reading the answer
 
 Checks, each failure counted as a violation (exit status 1):
-  * no 5xx, except 501 for an unrecognised method, the answer RFC 9110
-    prescribes (shown apart in the summary); 503 included: with one client
-    the inference queue never fills;
+  * no 5xx, except 505 for an HTTP major version other than 1, the answer
+    RFC 9110 prescribes (shown apart in the summary); 503 included: with one
+    client the inference queue never fills;
   * each case gets a status its request implies (404 unknown model, 405 wrong
-    method, 413 oversized, 400 bad body, ...; "0.9-error" for a request line
-    http.server rejects: it answers those without a status line, HTTP/0.9
-    style); every error body is JSON with an "error" string;
+    method, 413 oversized, 400 bad body or a request line h11 refuses, ...):
+    every answer has a status line, every error body is JSON with an "error"
+    string;
   * every 200 to an inference request carries the right numbers: compared with
     a numpy convolution that is first checked against the pure-Python
     reference (the role's filter plugin, filter_plugins/selftest.py);

@@ -232,7 +232,7 @@ def finish(args, result, proc, stderr_path, t_start):
     print(f"  200 replies checked against the reference: {counts['verified']}")
     protocol = counts["5xx_protocol"]
     print(f"  5xx server errors: {counts['5xx_errors']}")
-    print(f"  5xx protocol answers (501 for an unrecognised method; expected): "
+    print(f"  5xx protocol answers (505 for another HTTP major version; expected): "
           f"{sum(protocol.values())}" + (f" ({fmt(protocol)})" if protocol else ""))
     silent = result["client"].silent_closes
     if silent:

@@ -13,6 +13,13 @@ Variables (defaults in brackets):
     TORCH_BACKEND_WORKERS           [1]     inference worker threads
     TORCH_BACKEND_QUEUE_SIZE        [16]    requests waiting for a worker; beyond it: 503
     TORCH_BACKEND_MAX_BODY_BYTES    [16777216]  larger bodies: 413, not read
+    TORCH_BACKEND_MAX_RESPONSE_BYTES [67108864]  larger responses: 400 before encoding (JSON
+                                    text is ~10x the raw bytes: the message points to binary output)
+    TORCH_BACKEND_HEADER_TIMEOUT    [10]    seconds from a request's first byte to its last header
+    TORCH_BACKEND_BODY_TIMEOUT      [60]    seconds from the headers to the body's last byte
+    TORCH_BACKEND_IDLE_TIMEOUT      [60]    seconds an open connection may stay without a request
+    TORCH_BACKEND_MAX_CONNECTIONS   [0]     open connections at most; 0 = 128 below the soft
+                                    descriptor limit (RLIMIT_NOFILE), which also caps a larger value
     TORCH_BACKEND_INTRA_OP_THREADS  [usable cores // workers, at least 1]
     TORCH_BACKEND_INTER_OP_THREADS  [1]
     TORCH_BACKEND_LOG_LEVEL         [INFO]
@@ -35,6 +42,7 @@ from . import listen_address
 
 DEFAULT_MODEL_DIR = "/var/lib/torch-backend/models"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CONFIG_DIGEST_RE = re.compile(r"^[0-9a-f]{8,64}\Z")
 
@@ -55,6 +63,11 @@ class Config:
     workers: int = 1
     queue_size: int = 16
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    header_timeout: int = 10
+    body_timeout: int = 60
+    idle_timeout: int = 60
+    max_connections: int = 0
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     log_level: str = "INFO"
@@ -118,6 +131,12 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
     workers = _int(env, "TORCH_BACKEND_WORKERS", 1, 1, 1024)
     queue_size = _int(env, "TORCH_BACKEND_QUEUE_SIZE", 16, 1, 1_000_000)
     max_body = _int(env, "TORCH_BACKEND_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1, 1 << 40)
+    max_response = _int(env, "TORCH_BACKEND_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES,
+                        1024, 1 << 40)
+    header_timeout = _int(env, "TORCH_BACKEND_HEADER_TIMEOUT", 10, 1, 3600)
+    body_timeout = _int(env, "TORCH_BACKEND_BODY_TIMEOUT", 60, 1, 3600)
+    idle_timeout = _int(env, "TORCH_BACKEND_IDLE_TIMEOUT", 60, 1, 3600)
+    max_connections = _int(env, "TORCH_BACKEND_MAX_CONNECTIONS", 0, 0, 1_000_000)
 
     intra_default = max(1, cores // workers)
     intra = _int(env, "TORCH_BACKEND_INTRA_OP_THREADS", intra_default, 1, 4096)
@@ -158,6 +177,9 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
 
     return Config(host=host, port=port, model_dir=model_dir, workers=workers,
                   queue_size=queue_size, max_body_bytes=max_body,
+                  max_response_bytes=max_response,
+                  header_timeout=header_timeout, body_timeout=body_timeout,
+                  idle_timeout=idle_timeout, max_connections=max_connections,
                   intra_op_threads=intra, inter_op_threads=inter, log_level=level,
                   use_nnpack=use_nnpack, cpu_record=cpu_record,
                   config_digest=config_digest, cores=cores, clamped=tuple(clamped))

@@ -14,7 +14,10 @@ import re
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
-DATATYPES = ("FP32", "FP64", "INT32", "INT64")
+# The protocol's numeric datatypes. BYTES (strings) is not one: a TorchScript model
+# takes tensors, so no model may declare it and a request sending it gets a 400.
+DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+             "FP16", "BF16", "FP32", "FP64")
 # The built-in self-test model's name (selftest.py takes it from here): no other model
 # may have it.
 SELFTEST_MODEL = "conv2d-selftest"

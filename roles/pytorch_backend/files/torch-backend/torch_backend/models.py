@@ -28,13 +28,19 @@ from . import model_rules, selftest
 PLATFORM = "pytorch_torchscript"
 
 # Open Inference Protocol datatype (model_rules.DATATYPES) -> numpy dtype (little-endian
-# on the wire).
+# on the wire). numpy has no bfloat16: BF16 tensors travel as their raw 16-bit patterns
+# (uint16) and become torch.bfloat16 only inside run().
 DATATYPES = {
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "INT32": np.dtype("<i4"),
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
     "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
 }
+BF16 = "BF16"
+FLOAT_DATATYPES = ("FP16", "BF16", "FP32", "FP64")
 
 
 class ModelError(Exception):
@@ -52,6 +58,10 @@ class TensorSpec:
     @property
     def dtype(self) -> np.dtype:
         return DATATYPES[self.datatype]
+
+    @property
+    def is_float(self) -> bool:
+        return self.datatype in FLOAT_DATATYPES
 
     def as_dict(self) -> dict:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -96,6 +106,10 @@ def sha256_file(path: str) -> str:
 class Model:
     """A loaded model with its declared tensors; ``run`` is thread-safe."""
 
+    # One version per model: the metadata lists it, the versioned routes
+    # (/v2/models/{name}/versions/{v}/...) answer for it, responses name it.
+    versions = ("1",)
+
     def __init__(self, name: str, module: Any, inputs: Sequence[TensorSpec],
                  outputs: Sequence[TensorSpec], source: str):
         self.name = name
@@ -114,7 +128,7 @@ class Model:
     def metadata(self) -> dict:
         meta = {
             "name": self.name,
-            "versions": ["1"],
+            "versions": list(self.versions),
             "platform": self.platform,
             "inputs": [s.as_dict() for s in self.inputs],
             "outputs": [s.as_dict() for s in self.outputs],
@@ -127,7 +141,7 @@ class Model:
         """Forward pass; arrays are in declared input order, already validated."""
         import torch
 
-        tensors = [torch.from_numpy(a) for a in arrays]
+        tensors = [_to_torch(torch, spec, a) for spec, a in zip(self.inputs, arrays)]
         with torch.inference_mode():
             result = self.module(*tensors)
         if isinstance(result, torch.Tensor):
@@ -140,7 +154,7 @@ class Model:
                                         f"{len(self.outputs)}")
         out = []
         for spec, tensor in zip(self.outputs, result):
-            array = tensor.detach().contiguous().numpy().astype(spec.dtype, copy=False)
+            array = _from_torch(torch, spec, tensor.detach().contiguous())
             if array.ndim != len(spec.shape) or any(
                     d != -1 and d != n for d, n in zip(spec.shape, array.shape)):
                 raise ModelError(self.name, f"output {spec.name!r} has shape {list(array.shape)}, "
@@ -172,6 +186,21 @@ class Model:
             self.conv_backends = {"error": f"{type(exc).__name__}: {exc}"}
             return
         self.conv_backends = recorder.report()
+
+
+def _to_torch(torch, spec: TensorSpec, array: np.ndarray):
+    native = array.astype(array.dtype.newbyteorder("="), copy=False)
+    if spec.datatype == BF16:
+        return torch.from_numpy(native.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(native)
+
+
+def _from_torch(torch, spec: TensorSpec, tensor) -> np.ndarray:
+    if spec.datatype == BF16:
+        return tensor.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    if tensor.dtype == torch.bfloat16:  # numpy cannot take it: widen first
+        tensor = tensor.float()
+    return tensor.numpy().astype(spec.dtype, copy=False)
 
 
 def builtin_models() -> List[Model]:

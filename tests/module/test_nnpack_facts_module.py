@@ -15,7 +15,7 @@ KEYS = {
     "predicted_available", "prediction_method", "fingerprint", "fingerprint_source", "duration", "cpu_count",
     "evidence_source",
 }
-STATUSES = {"supported", "unsupported_hardware", "cpuinfo_failed", "torch_missing", "probe_failed"}
+STATUSES = {"supported", "unsupported_hardware", "not_built", "cpuinfo_failed", "torch_missing", "probe_failed"}
 
 
 def check_shape(facts):

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import DECIDE_PLAY, ROLE
 
-STATUSES = ["supported", "unsupported_hardware", "cpuinfo_failed", "probe_failed", "torch_missing"]
+STATUSES = ["supported", "unsupported_hardware", "not_built", "cpuinfo_failed", "probe_failed", "torch_missing"]
 
 TASKS = """    - name: Render
       ansible.builtin.template:
@@ -29,7 +29,7 @@ def render(playbook, tmp_path, template, facts, **extra):
 
 def facts(status):
     return {"status": status, "available": {"supported": True, "unsupported_hardware": False,
-                                            "cpuinfo_failed": False}.get(status),
+                                            "not_built": False, "cpuinfo_failed": False}.get(status),
             "predicted_available": status == "supported",
             "cpu_model": "Test CPU", "fingerprint": "abcd", "torch_cpu_capability": "AVX2", "reason": "test",
             "cpu_flags": {"avx2": status == "supported", "fma": status == "supported"}, "cache_enumerated": True}
@@ -40,6 +40,9 @@ def test_env_file_has_use_nnpack_0_exactly_when_not_supported(playbook, tmp_path
     text = render(playbook, tmp_path, "torch-backend.env.j2", facts(status))
     lines = text.splitlines()
     assert ("USE_NNPACK=0" in lines) == (status != "supported")
+    # a torch without NNPACK is named as such, not as a CPU that cannot run it
+    assert any("has no NNPACK at all" in line for line in lines) == (status == "not_built")
+    assert any("NNPACK cannot initialize here" in line for line in lines) == (status not in ("supported", "not_built"))
     assert not any(line.startswith("USE_NNPACK=1") for line in lines)
     assert lines[0].startswith("#") and "Ansible managed" in text
     assert "TORCH_BACKEND_PORT=8080" in lines and "TORCH_BACKEND_HOST=127.0.0.1" in lines

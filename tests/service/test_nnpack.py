@@ -38,6 +38,19 @@ def test_probe_keeps_the_warning_out_of_our_stderr(monkeypatch, capfd):
     assert capfd.readouterr().err == ""
 
 
+def test_probe_names_a_torch_without_nnpack_stand_in_build_summary(monkeypatch):
+    # Stand-in: no torch built without NNPACK installs here (Debian's python3-torch is one);
+    # its build summary lacks the line this torch's has, and is_available() says no silently.
+    import torch
+
+    assert nnpack.built_with_nnpack()  # the real summary of the CPU wheel
+    monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: False)
+    assert nnpack.probe() == (False, "probe: is_available() returned False")
+    summary = torch.__config__.show().replace("NNPACK is enabled", "")
+    monkeypatch.setattr(torch.__config__, "show", lambda: summary)
+    assert nnpack.probe() == (False, "probe: this torch was built without NNPACK")
+
+
 def test_probe_survives_a_crashing_check(monkeypatch):
     import torch
 

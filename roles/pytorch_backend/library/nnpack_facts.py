@@ -120,13 +120,13 @@ ansible_facts:
           type: bool
         status:
           description:
-            - V(supported) NNPACK initializes. V(unsupported_hardware) NNPACK refused the CPU, or this torch build
-              has no NNPACK (the C(reason) says which). V(cpuinfo_failed) cpuinfo could not initialize.
+            - V(supported) NNPACK initializes. V(unsupported_hardware) NNPACK refused the CPU. V(not_built) this
+              torch was built without NNPACK, so no CPU can run it. V(cpuinfo_failed) cpuinfo could not initialize.
               V(torch_missing) the interpreter cannot import C(torch).
             - V(probe_failed) the interpreter or wrapper is missing, the probe crashed, timed out, printed no readable
               result, C(import torch) raised, or PyTorch said no with an unknown reason (C(available) V(false)).
           type: str
-          choices: [supported, unsupported_hardware, cpuinfo_failed, torch_missing, probe_failed]
+          choices: [supported, unsupported_hardware, not_built, cpuinfo_failed, torch_missing, probe_failed]
         reason:
           description: One sentence a person can act on, with the exact NNPACK message when one was printed.
           type: str

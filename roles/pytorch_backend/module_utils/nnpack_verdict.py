@@ -17,7 +17,7 @@ import signal
 
 from ansible.module_utils.cpu_identity import FLAGS, _yn, fingerprint
 
-STATUSES = ("supported", "unsupported_hardware", "cpuinfo_failed", "torch_missing", "probe_failed")
+STATUSES = ("supported", "unsupported_hardware", "not_built", "cpuinfo_failed", "torch_missing", "probe_failed")
 EVIDENCE_STAGES = ("evidence", "torch", "done")
 
 _NNPACK_RE = re.compile(r"Could not initialize NNPACK! Reason: (.*?)\s*$")
@@ -187,9 +187,12 @@ def _torch_answered(facts, rec, res, msg_reason):
             "service or turn NNPACK off with torch.backends.nnpack.set_flags(False)."
             % (cpu, _yn(facts.get("proc_cpuinfo_readable")))))
     elif msg_reason is None and rec.get("nnpack_built") is False:
-        facts.update(status="unsupported_hardware", reason=(
-            "This torch %s build has no NNPACK (built with USE_NNPACK=0), so is_available() is False without "
-            "any warning and nothing needs to change." % version))
+        # A build question, not a CPU one (Debian's python3-torch, for one): no CPU makes it
+        # initialize, and no migration changes it.
+        facts.update(status="not_built", reason=(
+            "This torch %s build has no NNPACK at all (built with USE_NNPACK=OFF), so NNPACK never runs with it on "
+            "any CPU, including %s, and is_available() is False without a warning; USE_NNPACK=0 changes nothing "
+            "with it and is written only to keep the setting explicit." % (version, cpu)))
     elif msg_reason is None:
         facts.update(status="probe_failed", probe_stderr_tail=stderr_tail(res["stderr"]), reason=(
             "torch %s reports NNPACK unavailable on %s but printed no NNPACK reason (is TORCH_CPP_LOG_LEVEL "

@@ -110,9 +110,20 @@ def probe(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
         return True, "probe: NNPACK initialized"
     if status == b"0":
         match = _REASON_RE.search(stderr)
-        why = match.group(1).strip().rstrip(".") if match else "is_available() returned False"
-        return False, f"probe: {why}"
+        if match:
+            return False, f"probe: {match.group(1).strip().rstrip('.')}"
+        # No warning: a torch built without NNPACK (Debian's python3-torch) says no silently.
+        if not built_with_nnpack():
+            return False, "probe: this torch was built without NNPACK"
+        return False, "probe: is_available() returned False"
     return False, "probe failed: is_available() raised or the child died"
+
+
+def built_with_nnpack() -> bool:
+    """Whether this torch has NNPACK compiled in (its build summary says so)."""
+    import torch
+
+    return "NNPACK is enabled" in torch.__config__.show()
 
 
 def decide(use_nnpack: Optional[str], probe_fn=probe) -> Decision:

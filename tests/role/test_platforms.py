@@ -2,8 +2,9 @@
 whether the role accepts it with a wheelhouse (cp311 wheels) or with the package index.
 
 The distributions' interpreters are stood in for by fake `python3` scripts that report
-their version (3.11 Debian 12, 3.10 Ubuntu 22.04, 3.12 Ubuntu 24.04): only Debian 12 runs
-here. The role's real install tasks run against localhost in check mode.
+their version (3.11 Debian 12, 3.13 Debian 13, 3.10 Ubuntu 22.04, 3.12 Ubuntu 24.04, and
+Debian 11's 3.9, which no requirement set serves): only Debian 12 runs here. The role's real
+install tasks run against localhost in check mode.
 """
 import pytest
 
@@ -20,7 +21,9 @@ PLAY = """
         tasks_from: steps/install.yml
 """
 
-PLATFORMS = {"debian12": "311", "ubuntu2204": "310", "ubuntu2404": "312"}
+PLATFORMS = {"debian12": "3.11", "debian13": "3.13", "ubuntu2204": "3.10", "ubuntu2404": "3.12", "debian11": "3.9"}
+# numpy differs: 2.3 and later need Python 3.11
+NUMPY = {"3.10": "numpy==2.2.6", "3.11": "numpy==2.4.6", "3.12": "numpy==2.4.6", "3.13": "numpy==2.4.6"}
 
 
 def fake_python(tmp_path, version):
@@ -40,9 +43,16 @@ def test_platform_python_against_wheel_source_with_fake_interpreter(playbook, tm
              "pytorch_backend_wheelhouse": str(WHEELHOUSE) if source == "wheelhouse" else ""}
     result = playbook(PLAY, extra_vars=extra, check=True)
     out = result.stdout + result.stderr
-    if source == "wheelhouse" and version != "311":
+    if version not in NUMPY:
+        # refused before the host is touched, naming the variable to change
         assert result.returncode != 0, out[-2000:]
-        assert f"is Python {version[0]}.{version[1:]}" in out and "pytorch_backend_wheelhouse" in out, out[-2000:]
+        assert (f"is Python {version}, and pytorch_backend_requirement_sets has no set for it "
+                f"(sets for Python 3.10, 3.11, 3.12, 3.13)") in " ".join(out.split()), out[-2000:]
+        assert "Create the service account" not in out
+    elif source == "wheelhouse" and version != "3.11":
+        assert result.returncode != 0, out[-2000:]
+        assert f"is Python {version}," in out and "pytorch_backend_wheelhouse holds no torch wheel" in out, out[-2000:]
     else:
         assert result.returncode == 0, out[-3000:]
-        assert "would build release" in out
+        # the set for the host's Python, not the controller's
+        assert "would build release" in out and NUMPY[version] in out, out[-3000:]

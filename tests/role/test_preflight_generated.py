@@ -53,6 +53,8 @@ EXISTING_FILE = str(ROLE / "files" / "torch-backend" / "pyproject.toml")  # any 
 SHA = "0123456789abcdef" * 4
 FORKS = int(os.environ.get("PREFLIGHT_GEN_FORKS", "16"))
 MIN_CASES = 300
+# the role's own sets: a bad set case changes one of them
+SETS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())["pytorch_backend_requirement_sets"]
 
 
 def load_spec():
@@ -266,7 +268,7 @@ def generate():
 
     # --- requirements ----------------------------------------------------------------
     req = "pytorch_backend_requirements"
-    for value in ([], [""], ["numpy==2.4.6"], ["torch==2.13.0", "torch==2.12.0"],
+    for value in ([""], ["numpy==2.4.6"], ["torch==2.13.0", "torch==2.12.0"],
                   ["torch==2.13.0", "numpy==2.4.6", "torch"], ["torch==2.13.0 ; python_version>'3'"],
                   ["torch ==2.13.0"], ["torch==2.13.0", "numpy==2.4.6 "], ["torch==2.13.0", "-e ."],
                   ["torch==2.13.0", "git+https://example.org/x.git"], ["torch==2.13.0", "./local.whl"],
@@ -276,6 +278,10 @@ def generate():
                   ["torch==2.13.0", "-rrequirements.txt"], ["torch==2.13.0", "numpy==2.4.6 --pre"],
                   ["torch==2.13.0", "numpy==2.4.6\nevil"]):
         c.add("requirements", req, value)
+        # the same rules for a host's set (3.13: Debian 13's Python)
+        c.add("requirement-sets", "pytorch_backend_requirement_sets", dict(SETS, **{"3.13": value}))
+    for value in ({"3.13": ["torch"], "3.1x": ["torch"]}, {"py3.11": ["torch"]}, {"3": ["torch"]}, {"3.11\n": ["torch"]}):
+        c.add("requirement-sets", "pytorch_backend_requirement_sets", value)
 
     # --- extra_env: malformed entries and reserved names ------------------------------
     env = "pytorch_backend_extra_env"
@@ -398,6 +404,9 @@ def good_hosts():
         "good-bools": {"pytorch_backend_verify": "no", "pytorch_backend_rollback_on_failure": "yes",
                        "pytorch_backend_verify_before_switch": False},
         "good-requirements": {"pytorch_backend_requirements": ["torch", "numpy>=2", "scipy[all]~=1.11"]},
+        "good-requirements-from-sets": {"pytorch_backend_requirements": []},
+        "good-requirement-sets": {"pytorch_backend_requirement_sets": {"3.9": ["torch==2.8.0", "numpy==2.0.2"],
+                                                                      "3.14": ["torch"]}},
         "good-extra-env": {"pytorch_backend_extra_env": {"OMP_PROC_BIND": "close", "_X": 'a b "q" \\'}},
         "good-models": {"pytorch_backend_models": [model, dict(model, name="second")]},
         "good-wheelhouse": {"pytorch_backend_wheelhouse": f"{TMP}/wheelhouse-cpu"},

@@ -75,7 +75,7 @@ def test_pip_gets_index_credentials_from_a_root_only_file_never_argv_or_output_m
     result = playbook(VARS_PLAY + f"""    - name: Install the requirements as build_release.yml does
       vars:
         _pb_pip_indexes: "{{{{ _pytorch_backend_pip_indexes.requirements }}}}"
-        _pb_pip_args: "{{{{ pytorch_backend_requirements }}}}"
+        _pb_pip_args: "{{{{ _pytorch_backend_requirements }}}}"
       ansible.builtin.include_tasks: {ROLE}/tasks/steps/pip_install.yml
     - name: Install the service package as build_release.yml does
       vars:
@@ -83,6 +83,7 @@ def test_pip_gets_index_credentials_from_a_root_only_file_never_argv_or_output_m
         _pb_pip_args: ["--no-deps", "{{{{ _pytorch_backend_release }}}}/src"]
       ansible.builtin.include_tasks: {ROLE}/tasks/steps/pip_install.yml
 """, extra_vars={"pytorch_backend_wheelhouse": "", "_pytorch_backend_release": str(release),
+                 "_pytorch_backend_host_python": "3.11",
                  "pytorch_backend_torch_index_url": torch_index, "pytorch_backend_extra_index_url": extra_index,
                  "pytorch_backend_environment": {"https_proxy": "http://proxy.example.org:3128", "no_proxy": "localhost"}},
         args=["-v", "--diff"])
@@ -100,7 +101,7 @@ def test_pip_gets_index_credentials_from_a_root_only_file_never_argv_or_output_m
         assert call["conf_mode"] == "0o600"
     # pip still gets the indexes, credentials included, from its own config file
     assert requirements["conf"] == f"[global]\nextra-index-url = {extra_index}\nindex-url = {torch_index}\n"
-    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())["pytorch_backend_requirements"]
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())["pytorch_backend_requirement_sets"]["3.11"]
     assert "torch==2.13.0" in defaults and requirements["argv"][-len(defaults):] == defaults
     assert service["conf"] == f"[global]\nindex-url = {extra_index}\n"
     # nothing of them is left behind, and -v/--diff printed none of them
@@ -148,9 +149,10 @@ def test_pip_from_a_wheelhouse_gets_no_index_config_mocked_pip(playbook, tmp_pat
     result = playbook(VARS_PLAY + f"""    - name: Install the requirements from the wheelhouse
       vars:
         _pb_pip_indexes: "{{{{ _pytorch_backend_pip_indexes.requirements }}}}"
-        _pb_pip_args: "{{{{ pytorch_backend_requirements }}}}"
+        _pb_pip_args: "{{{{ _pytorch_backend_requirements }}}}"
       ansible.builtin.include_tasks: {ROLE}/tasks/steps/pip_install.yml
-""", extra_vars={"pytorch_backend_wheelhouse": str(tmp_path), "_pytorch_backend_release": str(release)})
+""", extra_vars={"pytorch_backend_wheelhouse": str(tmp_path), "_pytorch_backend_release": str(release),
+                 "_pytorch_backend_host_python": "3.11"})
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     (call,) = [json.loads(line) for line in (release / "venv" / "calls.jsonl").read_text().splitlines()]
     assert call["conf"] is None

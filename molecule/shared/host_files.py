@@ -27,6 +27,20 @@ def read(path):
         return f.read()
 
 
+def unmet_pins():
+    """The release's pins (.complete) that its record of the venv (distributions.json) does
+    not show at their version (a local label such as +cpu aside); every pin when there is
+    no record."""
+    pins = json.loads(read("/opt/torch-backend/current/.complete"))["requirements"]
+    try:
+        installed = json.loads(read("/opt/torch-backend/current/venv/distributions.json"))["distributions"]
+    except FileNotFoundError:
+        return pins
+    canon = {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in installed.items()}
+    return [pin for pin in pins if "==" in pin
+            and canon.get(re.sub(r"[-_.]+", "-", pin.split("==")[0]).lower(), "").split("+")[0] != pin.split("==")[1]]
+
+
 site = glob.glob("/opt/torch-backend/current/venv/lib/python3*/site-packages")
 security = run(["systemd-analyze", "security", "--no-pager", "torch-backend.service"]).stdout
 rating = re.search(r"Overall exposure level for torch-backend.service: ([0-9.]+)", security)
@@ -41,5 +55,6 @@ print(json.dumps({
     "uncompiled": [m for m in IMPORTED if not site or not glob.glob(
         os.path.join(site[0], os.path.dirname(m), "__pycache__", os.path.basename(m) + ".cpython-*.pyc"))],
     "active": run(["systemctl", "is-active", "torch-backend.service"]).stdout.strip(),
+    "unmet_pins": unmet_pins(),
     "exposure": float(rating.group(1)) if rating else None,
 }))

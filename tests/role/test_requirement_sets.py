@@ -7,7 +7,9 @@ torch is checked against PyPI's file list for its version (a manylinux x86-64 wh
 Python, and Requires-Python): the CPU index the role installs it from
 (download.pytorch.org/whl/cpu) cannot be reached here, it publishes the same Python matrix,
 and resolving torch through pip would fetch PyPI's CUDA wheel to read its metadata. The rest
-of each set is resolved by `pip install --dry-run --report` with its dependencies.
+of each set is resolved by `pip install --dry-run --report` with its dependencies, and torch's
+own dependencies are checked against the set's pins with the metadata of the controller's torch
+(the same release, its CPU build).
 """
 import json
 import os
@@ -18,8 +20,11 @@ import urllib.request
 
 import pytest
 import yaml
+from importlib import metadata
+
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
-from packaging.utils import parse_wheel_filename
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from conftest import ROLE
 
@@ -84,11 +89,27 @@ def test_the_rest_of_the_set_resolves_for_the_platforms_python(tmp_path, platfor
          "--target", str(tmp_path / "target"), "--index-url", INDEX, *rest],
         env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    installed = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
+    installed = {canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
                  for item in json.loads(report.read_text())["install"]}
-    pinned = {r.split("==")[0].lower().replace("_", "-"): r.split("==")[1] for r in rest}
+    pinned = {canonicalize_name(r.split("==")[0]): r.split("==")[1] for r in rest}
     # exactly the pins: nothing unpinned pulled in, every pin at its version
     assert installed == pinned
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_the_set_pins_every_dependency_of_its_torch(platform):
+    python, _ = PLATFORMS[platform]
+    version, rest = split_torch(SETS[python])
+    assert metadata.version("torch").split("+")[0] == version, "the controller's torch is another release"
+    pins = {canonicalize_name(r.split("==")[0]): r.split("==")[1] for r in rest}
+    needed = [Requirement(r) for r in metadata.requires("torch")]
+    needed = [r for r in needed if r.marker is None or r.marker.evaluate({"python_version": python, "extra": ""})]
+    assert needed, "torch names no dependencies?"
+    for requirement in needed:
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"torch needs {requirement}, which the {python} set does not pin"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"torch needs {requirement}, the {python} set pins {pins[name]}")
 
 
 def test_a_set_that_does_not_fit_its_python_fails_to_resolve(tmp_path):

@@ -23,9 +23,9 @@ PLAYBOOK_TAGS = {"verify.yml": ["verify"], "rollback.yml": ["configure"], "audit
 
 ALWAYS = ["Check the ansible-core version", "Check cross-variable rules",
           "Name the hosts this run targets, for the fleet table"]
-HOST_READ = ["Work out the release identity", "Read the deployment state on the host", "Parse the deployment state"]
-INSTALL = ["Check the host's Python against the wheels", "Create the service group", "Create the directories",
-           "Build the release"]
+HOST_READ = ["Read the host's Python version", "Work out the release identity", "Read the deployment state on the host", "Parse the deployment state"]
+INSTALL = ["Check the host's Python against the requirement sets and the wheels", "Create the service group",
+           "Create the directories", "Build the release"]
 PROBE = ["Choose the interpreter to probe with", "Decide USE_NNPACK", "Report the decision"]
 CONFIGURE = ["Require the release to switch to", "Render the managed files", "Start the candidate",
              "Write the environment file, the CPU record and the unit", "Restart torch-backend",

@@ -1,8 +1,12 @@
-"""The role's refusal of a GPU build of torch (torch_backend/torch_build.py), run as the
-role's compile step runs it: a separate interpreter that imports torch from its path."""
+"""The role's refusal of a GPU build of torch and its record of a venv's distributions
+(torch_backend/torch_build.py), run as the role's compile step runs them: a separate
+interpreter that imports torch from its path."""
 
+import json
+import platform
 import subprocess
 import sys
+from importlib import metadata
 
 from harness import PKG_DIR
 
@@ -30,3 +34,17 @@ def test_a_cuda_build_is_refused_stand_in_torch(tmp_path):
     assert proc.returncode == 1
     assert "torch 2.13.0" in proc.stderr and "GPU build (cuda 12.8)" in proc.stderr
     assert "pytorch_backend_torch_index_url" in proc.stderr
+
+
+def test_record_writes_the_python_and_every_distribution(tmp_path):
+    out = tmp_path / "distributions.json"
+    env = {"PYTHONPATH": str(PKG_DIR), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-c", "import sys, torch_backend.torch_build as b; b.record(sys.argv[1])",
+                           str(out)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    recorded = json.loads(out.read_text())
+    assert recorded["python"] == platform.python_version()
+    assert recorded["distributions"]["torch"] == metadata.version("torch")
+    assert recorded["distributions"]["numpy"] == metadata.version("numpy")
+    assert len(recorded["distributions"]) == len({d.metadata["Name"] for d in metadata.distributions()})
+    assert oct(out.stat().st_mode & 0o777) == "0o644" and not (tmp_path / "distributions.json.tmp").exists()

@@ -60,6 +60,28 @@ DECIDE_PLAY = """
 """.replace("ROLE", str(ROLE))
 
 
+# A play on localhost with the role's defaults and vars loaded, for running its step files;
+# tasks follow.
+VARS_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  vars_files:
+    - ROLE/defaults/main.yml
+    - ROLE/vars/main.yml
+  vars:
+    role_path: ROLE
+  tasks:
+""".replace("ROLE", str(ROLE))
+
+
+def fake_python(tmp_path, version, name=None):
+    """A stand-in host interpreter that reports `version` (X.Y) to the role's version read."""
+    script = tmp_path / (name or f"python{version}")
+    script.write_text('#!/bin/sh\ncase "$2" in *version_info*) echo %s ;; *) exit 0 ;; esac\n' % version)
+    script.chmod(0o755)
+    return str(script)
+
+
 def has_ipv6_loopback():
     try:
         with socket.socket(socket.AF_INET6) as s:

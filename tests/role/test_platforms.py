@@ -8,7 +8,7 @@ install tasks run against localhost in check mode.
 """
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, fake_python
 
 WHEELHOUSE = ROOT / ".cache" / "wheelhouse"
 
@@ -24,13 +24,6 @@ PLAY = """
 PLATFORMS = {"debian12": "3.11", "debian13": "3.13", "ubuntu2204": "3.10", "ubuntu2404": "3.12", "debian11": "3.9"}
 # numpy differs: 2.3 and later need Python 3.11
 NUMPY = {"3.10": "numpy==2.2.6", "3.11": "numpy==2.4.6", "3.12": "numpy==2.4.6", "3.13": "numpy==2.4.6"}
-
-
-def fake_python(tmp_path, version):
-    script = tmp_path / f"python{version}"
-    script.write_text('#!/bin/sh\ncase "$2" in *version_info*) echo %s ;; *) exit 0 ;; esac\n' % version)
-    script.chmod(0o755)
-    return str(script)
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)

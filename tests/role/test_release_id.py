@@ -3,18 +3,9 @@ host's Python. Runs the role's release_id.yml on localhost; the hosts' interpret
 stand-in scripts that report a version (as in test_platforms.py)."""
 import re
 
-from conftest import ROLE
+from conftest import ROLE, VARS_PLAY, fake_python
 
-PLAY = """
-- hosts: localhost
-  gather_facts: false
-  vars_files:
-    - ROLE/defaults/main.yml
-    - ROLE/vars/main.yml
-  vars:
-    role_path: ROLE
-  tasks:
-    - name: Work out the release id
+PLAY = VARS_PLAY + """    - name: Work out the release id
       ansible.builtin.include_tasks: ROLE/tasks/steps/release_id.yml
     - name: Print it
       ansible.builtin.debug:
@@ -29,12 +20,9 @@ def release_id(playbook, **extra):
     return re.search(r"RELEASE_ID=(\w+) RUNTIME=(\w+)", out).groups()
 
 
-def fake_python(tmp_path, version):
-    """A stand-in interpreter at one path, reporting `version`."""
-    script = tmp_path / "python3"
-    script.write_text('#!/bin/sh\ncase "$2" in *version_info*) echo %s ;; *) exit 0 ;; esac\n' % version)
-    script.chmod(0o755)
-    return str(script)
+def one_python(tmp_path, version):
+    """The stand-in interpreter at one path, whatever version it reports."""
+    return fake_python(tmp_path, version, name="python3")
 
 
 def test_a_wheel_rebuilt_under_the_same_name_and_size_makes_a_new_release(playbook, tmp_path):
@@ -42,7 +30,7 @@ def test_a_wheel_rebuilt_under_the_same_name_and_size_makes_a_new_release(playbo
     wheels.mkdir()
     (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"A" * 1000)
     (wheels / "numpy-2.4.6-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"n" * 10)
-    python = fake_python(tmp_path, "3.11")
+    python = one_python(tmp_path, "3.11")
     first = release_id(playbook, pytorch_backend_wheelhouse=str(wheels), pytorch_backend_python=python)
     assert release_id(playbook, pytorch_backend_wheelhouse=str(wheels), pytorch_backend_python=python) == first
     (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"B" * 1000)
@@ -52,7 +40,7 @@ def test_a_wheel_rebuilt_under_the_same_name_and_size_makes_a_new_release(playbo
 
 def test_hosts_with_other_pythons_get_their_own_sets_and_releases(playbook, tmp_path):
     ids = {version: release_id(playbook, pytorch_backend_wheelhouse="",
-                               pytorch_backend_python=fake_python(tmp_path, version))
+                               pytorch_backend_python=one_python(tmp_path, version))
            for version in ("3.10", "3.11", "3.13")}
     # 3.10's set differs (numpy, filelock, networkx): another runtime
     assert ids["3.10"][1] != ids["3.11"][1]
@@ -60,4 +48,4 @@ def test_hosts_with_other_pythons_get_their_own_sets_and_releases(playbook, tmp_
     # venv of the other: equal ids must mean equal environments
     assert ids["3.11"][0] != ids["3.13"][0] and ids["3.11"][1] != ids["3.13"][1]
     assert release_id(playbook, pytorch_backend_wheelhouse="",
-                      pytorch_backend_python=fake_python(tmp_path, "3.11")) == ids["3.11"]
+                      pytorch_backend_python=one_python(tmp_path, "3.11")) == ids["3.11"]

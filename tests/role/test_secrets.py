@@ -13,20 +13,9 @@ import sysconfig
 
 import yaml
 
-from conftest import DECIDE_PLAY, ROLE
+from conftest import DECIDE_PLAY, ROLE, VARS_PLAY
 
 TOKEN = "s3cr3t-T0KEN-4711"
-
-VARS_PLAY = """
-- hosts: localhost
-  gather_facts: false
-  vars_files:
-    - ROLE/defaults/main.yml
-    - ROLE/vars/main.yml
-  vars:
-    role_path: ROLE
-  tasks:
-""".replace("ROLE", str(ROLE))
 
 
 def test_release_id_is_the_same_for_index_urls_that_differ_only_in_credentials(playbook):

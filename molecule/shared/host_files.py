@@ -13,7 +13,8 @@ MODES = ["/opt/torch-backend", "/opt/torch-backend/releases", "/etc/torch-backen
          "/etc/systemd/system/torch-backend.service", "/var/cache/torch-backend/wheelhouse",
          "/opt/torch-backend/current/models", "/opt/torch-backend/current/.complete"]
 # modules the service imports at start: pip installs torch without byte-compiling it, and the
-# deploy writes the cache files of what the service imports (the service user cannot)
+# deploy writes the cache files of what the service imports (the service user cannot); a
+# distribution's torch and numpy live, compiled by their packages, in the system's dist-packages
 IMPORTED = ["torch/__init__", "torch/nn/modules/conv", "numpy/__init__", "torch_backend/server",
             "torch_backend/__main__"]
 
@@ -41,7 +42,18 @@ def unmet_pins():
             and canon.get(re.sub(r"[-_.]+", "-", pin.split("==")[0]).lower(), "").split("+")[0] != pin.split("==")[1]]
 
 
-site = glob.glob("/opt/torch-backend/current/venv/lib/python3*/site-packages")
+site = glob.glob("/opt/torch-backend/current/venv/lib/python3*/site-packages") + ["/usr/lib/python3/dist-packages"]
+
+
+def uncompiled(module):
+    """Whether `module` (a path without .py) has no cache file where it is installed."""
+    for where in site:
+        if os.path.exists(os.path.join(where, module + ".py")):
+            return not glob.glob(os.path.join(where, os.path.dirname(module), "__pycache__",
+                                              os.path.basename(module) + ".cpython-*.pyc"))
+    return True
+
+
 security = run(["systemd-analyze", "security", "--no-pager", "torch-backend.service"]).stdout
 rating = re.search(r"Overall exposure level for torch-backend.service: ([0-9.]+)", security)
 print(json.dumps({
@@ -52,8 +64,7 @@ print(json.dumps({
     "loose": run(["find", *ROOTS, "!", "-type", "l", "(", "-perm", "/022", "-o", "!", "-user", "root", ")",
                   "-print"]).stdout.splitlines(),
     "modes": run(["stat", "-c", "%n %U:%G:%a", *MODES]).stdout.splitlines(),
-    "uncompiled": [m for m in IMPORTED if not site or not glob.glob(
-        os.path.join(site[0], os.path.dirname(m), "__pycache__", os.path.basename(m) + ".cpython-*.pyc"))],
+    "uncompiled": [m for m in IMPORTED if uncompiled(m)],
     "active": run(["systemctl", "is-active", "torch-backend.service"]).stdout.strip(),
     "unmet_pins": unmet_pins(),
     "exposure": float(rating.group(1)) if rating else None,

@@ -20,17 +20,20 @@ needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
 # ---- droplet specs and names --------------------------------------------------------------
 
 @pytest.mark.parametrize("spec, expected", [
-    ("haswell", ("haswell", None, None)),
-    ("nehalem:Nehalem", ("nehalem", "Nehalem", None)),
-    ("big:Haswell:8192", ("big", "Haswell", 8192)),
-    ("big::4096", ("big", None, 4096)),
-    ("x-1:Haswell,-fma", ("x-1", "Haswell,-fma", None)),
+    ("haswell", ("haswell", None, None, None)),
+    ("nehalem:Nehalem", ("nehalem", "Nehalem", None, None)),
+    ("big:Haswell:8192", ("big", "Haswell", 8192, None)),
+    ("big::4096", ("big", None, 4096, None)),
+    ("x-1:Haswell,-fma", ("x-1", "Haswell,-fma", None, None)),
+    ("t:Haswell:3072:trixie", ("t", "Haswell", 3072, "trixie")),
+    ("t:::bookworm", ("t", None, None, "bookworm")),
 ])
 def test_parse_spec(droplets_mod, spec, expected):
     assert droplets_mod.parse_spec(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["", "Upper", "-x", "x-", "a_b", "a.b", "x" * 33, "a:b:c:d",
+@pytest.mark.parametrize("spec", ["", "Upper", "-x", "x-", "a_b", "a.b", "x" * 33, "a:b:c:d", "a:b:512:sid",
+                                  "a:b:512:trixie:x",
                                   "a:Haswell:lots", "a:Haswell:12", "../etc"])
 def test_parse_spec_rejects(droplets_mod, spec):
     with pytest.raises(droplets_mod.DropletError) as e:
@@ -280,7 +283,17 @@ def test_build_image_check_builds_nothing(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert not (tmp_path / "ssh" / "id_ed25519").exists()
-    assert sorted(p.name for p in (tmp_path / "image").iterdir()) == [".lock"]
+    assert sorted(p.name for p in (tmp_path / "image" / "bookworm").iterdir()) == [".lock"]
+
+
+def test_build_image_refuses_an_unknown_suite(tmp_path):
+    env = {**os.environ, "DROPLETS_IMAGE_DIR": str(tmp_path / "image"),
+           "DROPLETS_SSH_DIR": str(tmp_path / "ssh")}
+    r = subprocess.run([str(ROOT / "scripts" / "build-image"), "--suite", "sid", "--check"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "--suite takes bookworm or trixie, not 'sid'" in r.stderr
+    assert not (tmp_path / "image").exists()
 
 
 def test_ssh_try_says_why_it_failed(droplets_mod):

@@ -77,7 +77,7 @@ VARS_PLAY = """
 def fake_python(tmp_path, version, name=None):
     """A stand-in host interpreter that reports `version` (X.Y) to the role's version read."""
     script = tmp_path / (name or f"python{version}")
-    script.write_text('#!/bin/sh\ncase "$2" in *version_info*) echo %s ;; *) exit 0 ;; esac\n' % version)
+    script.write_text('#!/bin/sh\ncase "$2" in *version_info*) echo python=%s ;; *) exit 0 ;; esac\n' % version)
     script.chmod(0o755)
     return str(script)
 

@@ -44,8 +44,47 @@ def test_platform_python_against_wheel_source_with_fake_interpreter(playbook, tm
         assert "Create the service account" not in out
     elif source == "wheelhouse" and version != "3.11":
         assert result.returncode != 0, out[-2000:]
-        assert f"is Python {version}," in out and "pytorch_backend_wheelhouse holds no torch wheel" in out, out[-2000:]
+        said = " ".join(out.split())
+        # the wheels it lacks, torch first (no cp313 CPU torch here; 3.10 and 3.12 lack more)
+        assert (f"is Python {version}, but pytorch_backend_wheelhouse holds no wheel for it of torch==2.13.0"
+                in said), out[-2000:]
+        assert "set pytorch_backend_torch_source: distribution" in said
+        assert "Create the service account" not in out
     else:
         assert result.returncode == 0, out[-3000:]
         # the set for the host's Python, not the controller's
         assert "would build release" in out and NUMPY[version] in out, out[-3000:]
+
+
+# The distribution's torch on Debian 13 (python3-torch): pip installs only the service's HTTP
+# stack, from cp313 and pure-Python wheels. apt here (Debian 12) stands in for the host's: the
+# package named must be one it knows, so python3-venv (which scripts/bootstrap installs).
+@pytest.mark.parametrize("source", ["wheelhouse", "index"])
+def test_distribution_torch_leaves_torch_and_its_dependencies_to_apt(playbook, tmp_path, source):
+    extra = {"pytorch_backend_python": fake_python(tmp_path, "3.13"),
+             "pytorch_backend_base_dir": str(tmp_path / "base"),
+             "pytorch_backend_torch_source": "distribution",
+             "pytorch_backend_distribution_packages": ["python3-venv"],
+             "pytorch_backend_wheelhouse": str(WHEELHOUSE) if source == "wheelhouse" else ""}
+    result = playbook(PLAY, extra_vars=extra, check=True)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    built = " ".join(out.split())
+    assert "would build release" in built
+    assert "uvicorn==0.39.0, h11==0.16.0, click==8.1.8, prometheus_client==0.26.0, orjson==3.11.5, service package" in built
+    for provided in ("torch==", "numpy==", "sympy==", "typing_extensions=="):
+        assert provided not in built.split("would build release")[1], out[-3000:]
+
+
+def test_distribution_torch_refuses_a_package_apt_does_not_know(playbook, tmp_path):
+    extra = {"pytorch_backend_python": fake_python(tmp_path, "3.13"),
+             "pytorch_backend_base_dir": str(tmp_path / "base"),
+             "pytorch_backend_torch_source": "distribution",
+             "pytorch_backend_distribution_packages": ["python3-venv", "python3-no-such-torch"]}
+    result = playbook(PLAY, extra_vars=extra, check=True)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-2000:]
+    said = " ".join(out.split())
+    assert ("pytorch_backend_torch_source is distribution, but apt on this host knows no python3-no-such-torch "
+            "(Debian 13 packages torch 2.6 as python3-torch)") in said, out[-2000:]
+    assert "Create the service account" not in out

@@ -49,3 +49,25 @@ def test_hosts_with_other_pythons_get_their_own_sets_and_releases(playbook, tmp_
     assert ids["3.11"][0] != ids["3.13"][0] and ids["3.11"][1] != ids["3.13"][1]
     assert release_id(playbook, pytorch_backend_wheelhouse="",
                       pytorch_backend_python=one_python(tmp_path, "3.11")) == ids["3.11"]
+
+
+def test_the_distributions_torch_is_named_by_its_packages_versions(playbook, tmp_path):
+    """pytorch_backend_torch_source distribution: the id names the apt packages' versions (here
+    this Debian 12 controller's apt stands in for the host's), not torch's wheel, which stays on
+    the controller; another package list is another runtime."""
+    wheels = tmp_path / "wheelhouse"
+    wheels.mkdir()
+    torch_wheel = wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+    torch_wheel.write_bytes(b"A" * 1000)
+    (wheels / "orjson-3.11.5-cp313-cp313-manylinux_2_17_x86_64.whl").write_bytes(b"o" * 10)
+    common = {"pytorch_backend_wheelhouse": str(wheels), "pytorch_backend_python": one_python(tmp_path, "3.13"),
+              "pytorch_backend_torch_source": "distribution"}
+    venv_only = release_id(playbook, pytorch_backend_distribution_packages=["python3-venv"], **common)
+    with_apt = release_id(playbook, pytorch_backend_distribution_packages=["python3-venv", "python3-apt"], **common)
+    assert venv_only[1] != with_apt[1]
+    # torch's wheel is not part of such a release: rebuilding it changes nothing
+    torch_wheel.write_bytes(b"B" * 1000)
+    assert release_id(playbook, pytorch_backend_distribution_packages=["python3-venv"], **common) == venv_only
+    # and pip's torch is another runtime
+    pip = release_id(playbook, **{**common, "pytorch_backend_torch_source": "pip"})
+    assert pip[1] != venv_only[1]

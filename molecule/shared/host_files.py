@@ -67,5 +67,7 @@ print(json.dumps({
     "uncompiled": [m for m in IMPORTED if uncompiled(m)],
     "active": run(["systemctl", "is-active", "torch-backend.service"]).stdout.strip(),
     "unmet_pins": unmet_pins(),
+    # with the distribution's torch: the apt packages' versions the release id names
+    "distribution_packages": json.loads(read("/opt/torch-backend/current/.complete")).get("distribution_packages"),
     "exposure": float(rating.group(1)) if rating else None,
 }))

@@ -307,3 +307,27 @@ def test_ssh_try_says_why_it_failed(droplets_mod):
     closed = droplets_mod.pick_port()
     why = droplets_mod.ssh_try(closed, connect_timeout=1)
     assert why is not None and "Connection refused" in why
+
+
+def test_builds_of_both_images_at_once_make_one_ssh_key(tmp_path):
+    """scripts/bootstrap builds the two images side by side, and each build makes the SSH key
+    when there is none: they must not both make it (one build's ssh-keygen refused to overwrite
+    the other's half-made key, and a key pair made of two runs' halves locks every guest out).
+    mmdebstrap is stood in for by a script that fails at once: only the key step runs for real."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mmdebstrap").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "mmdebstrap").chmod(0o755)
+    for attempt in range(4):
+        env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}",
+               "DROPLETS_IMAGE_DIR": str(tmp_path / f"image{attempt}"),
+               "DROPLETS_SSH_DIR": str(tmp_path / f"ssh{attempt}")}
+        builds = [subprocess.Popen([str(ROOT / "scripts" / "build-image"), "--suite", suite], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for suite in ("bookworm", "trixie")]
+        errors = [b.communicate(timeout=120)[1] for b in builds]
+        for err in errors:
+            assert "already exists" not in err and "mmdebstrap failed" in err, err
+        key = tmp_path / f"ssh{attempt}" / "id_ed25519"
+        public = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True, check=True)
+        assert public.stdout.split()[:2] == (key.with_suffix(".pub")).read_text().split()[:2]

@@ -1,4 +1,5 @@
-"""Fixtures for scripts/droplets: the script loaded as a module, and a runner for its CLI."""
+"""Fixtures for scripts/droplets: the script loaded as a module (it imports the names of its package,
+scripts/droplets_lib/), and a runner for its CLI."""
 import importlib.machinery
 import importlib.util
 import os

@@ -247,9 +247,11 @@ def test_accel_forced_and_cached(droplets_mod, monkeypatch, tmp_path):
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"kernel-1")
     calls = []
-    monkeypatch.setattr(droplets_mod, "probe_kvm",
+    # patched where choose_accel looks them up (loading droplets_mod put droplets_lib on sys.path)
+    from droplets_lib import accel
+    monkeypatch.setattr(accel, "probe_kvm",
                         lambda k: calls.append(k) or (False, "KVM internal error"))
-    monkeypatch.setattr(droplets_mod, "qemu_version", lambda: "QEMU emulator version 7.2")
+    monkeypatch.setattr(accel, "qemu_version", lambda: "QEMU emulator version 7.2")
     monkeypatch.delenv("DROPLETS_ACCEL", raising=False)
     assert droplets_mod.choose_accel(tmp_path, "kvm", str(kernel)) == ("kvm", "forced")
     monkeypatch.setenv("DROPLETS_ACCEL", "tcg")

@@ -12,22 +12,17 @@ bracketed in URLs (http://[::1]:8080)."""
 
 from __future__ import annotations
 
-import types
+import importlib.util
 from pathlib import Path
 
-RULES_FILE = Path(__file__).resolve().parents[1] / "files" / "torch-backend" / "torch_backend" / "listen_address.py"
+# filter_plugins/ is no package (Ansible loads each file here by path, under a name of its own):
+# the shared loader beside this file is loaded by path as well
+_spec = importlib.util.spec_from_file_location("pytorch_backend_service_rules",
+                                               Path(__file__).with_name("service_rules.py"))
+service_rules = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(service_rules)
 
-
-def _load_rules():
-    # Compiled from source, not imported: no bytecode may be written into the role's files
-    # (they are what a release is built from), and nothing else of the package is loaded.
-    module = types.ModuleType("pytorch_backend_listen_address")
-    module.__file__ = str(RULES_FILE)
-    exec(compile(RULES_FILE.read_text(encoding="utf-8"), str(RULES_FILE), "exec"), module.__dict__)
-    return module
-
-
-rules = _load_rules()
+rules = service_rules.load("listen_address.py", "pytorch_backend_listen_address")
 
 
 def listen_problem(host):

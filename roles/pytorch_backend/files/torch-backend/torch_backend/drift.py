@@ -17,6 +17,8 @@ stderr-captured probe of :mod:`nnpack`) and says so in one WARNING line, in
 ``GET /v2`` (``cpu_drift``) and in ``/metrics`` (``torch_backend_cpu_drift``)
 until a deploy records the new CPU.
 
+The record's format, its reading and the "same CPU" rule live in
+``cpu_record.py``, which the role's module reads through a symlink too.
 "Same CPU" has one definition, shared with the role: equal fingerprints
 (:func:`cpu_identity.fingerprint` of :func:`cpu_identity.gather`'s evidence:
 vendor, model, family/model/stepping, architecture, the NNPACK-relevant flags,
@@ -42,58 +44,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from . import cpu_identity
+from . import cpu_identity, cpu_record
 from .nnpack import Decision, decide, probe
 
-FLAGS = ("avx", "avx2", "fma", "avx512f")
-MAX_RECORD_BYTES = 64 * 1024
+# the record's format, its reading and the "same CPU?" rule are the role's too: one file
+FLAGS = cpu_record.RECORD_FLAGS
+MAX_RECORD_BYTES = cpu_record.MAX_RECORD_BYTES
+RecordError = cpu_record.RecordError
+load_record = cpu_record.load_record
+recorded_cpu = cpu_record.recorded_cpu
+_clean = cpu_record.clean
 PERMANENT = "re-run the deploy playbook to make this permanent"
-
-
-class RecordError(Exception):
-    """The record cannot be used (missing, unreadable, not JSON, wrong shape)."""
-
-
-def _clean(value) -> Optional[str]:
-    """Whitespace-collapsed string, or None (the role's normalisation)."""
-    if not isinstance(value, str):
-        return None
-    return " ".join(value.split()) or None
-
-
-# --- the two sides ---------------------------------------------------------------
-
-def load_record(path: str) -> dict:
-    """Read and sanity-check the role's record; raise RecordError with a reason."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_RECORD_BYTES + 1)
-    except FileNotFoundError:
-        raise RecordError("no such file") from None
-    except OSError as exc:
-        raise RecordError(f"cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_RECORD_BYTES:
-        raise RecordError(f"larger than {MAX_RECORD_BYTES} bytes")
-    try:
-        record = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RecordError(f"not valid JSON: {exc}") from None
-    if not isinstance(record, dict):
-        raise RecordError(f"not a JSON object but {type(record).__name__}")
-    if not _clean(record.get("fingerprint")) and not recorded_cpu(record) and not any(
-            isinstance(v, bool) for v in _flags(record).values()) \
-            and not _clean(record.get("cpu_capability")):
-        raise RecordError("no fingerprint, cpu_model, cpu_flags or cpu_capability to compare")
-    return record
-
-
-def _flags(desc: dict) -> dict:
-    flags = desc.get("cpu_flags")
-    return flags if isinstance(flags, dict) else {}
-
-
-def recorded_cpu(desc: dict) -> Optional[str]:
-    return _clean(desc.get("cpu_model"))
 
 
 def describe(evidence: dict, capability: Optional[str]) -> dict:
@@ -159,28 +120,12 @@ def current_cpu() -> dict:
 def compare(recorded: dict, current: dict) -> list:
     """Fields known on both sides that differ: [{"field", "recorded", "current"}].
 
-    With a fingerprint on both sides, the CPU is the same exactly when they are
-    equal; when they differ, cpu_model (whitespace-collapsed, case-insensitive)
-    and the flags avx/avx2/fma/avx512f (booleans only) that differ are listed
-    first, to say what changed, then the fingerprint. Without a fingerprint on
-    either side, cpu_model and the flags decide. cpu_capability is always
-    compared. Anything missing, null or of the wrong type on either side is
-    unknown and not compared.
+    The CPU part is the role's rule, :func:`cpu_record.cpu_differences` (fingerprints
+    decide; cpu_model and flags say what changed, or decide for a record without a
+    fingerprint). cpu_capability is always compared too, last. Anything missing, null
+    or of the wrong type on either side is unknown and not compared.
     """
-    differences = []
-    old_print, new_print = _clean(recorded.get("fingerprint")), _clean(current.get("fingerprint"))
-    both_printed = old_print is not None and new_print is not None
-    if not both_printed or old_print != new_print:
-        old, new = recorded_cpu(recorded), recorded_cpu(current)
-        if old is not None and new is not None and old.casefold() != new.casefold():
-            differences.append({"field": "cpu_model", "recorded": old, "current": new})
-        old_flags, new_flags = _flags(recorded), _flags(current)
-        for name in FLAGS:
-            old, new = old_flags.get(name), new_flags.get(name)
-            if isinstance(old, bool) and isinstance(new, bool) and old != new:
-                differences.append({"field": name, "recorded": old, "current": new})
-        if both_printed:
-            differences.append({"field": "fingerprint", "recorded": old_print, "current": new_print})
+    differences = cpu_record.cpu_differences(recorded, current)
     old, new = _clean(recorded.get("cpu_capability")), _clean(current.get("cpu_capability"))
     if old is not None and new is not None and old != new:
         differences.append({"field": "cpu_capability", "recorded": old, "current": new})

@@ -1,0 +1,1 @@
+../files/torch-backend/torch_backend/cpu_record.py

@@ -54,6 +54,28 @@ options:
         interpreter's own C(sys.path). C(LC_ALL=C) and C(TORCH_CPP_LOG_LEVEL=WARNING) are always forced.
     type: dict
     default: {}
+  record_file:
+    description:
+      - The host's CPU record from the last deploy (C(/etc/torch-backend/cpu-record.json)). When given, the module
+        reads it and returns RV(decision), the USE_NNPACK decision made from the facts and that record.
+      - A missing file is a host without a record. An unreadable file, or one that is not a JSON object, is treated
+        the same way with a warning (the decision then writes C(USE_NNPACK=0) on an undecided probe, which is safe).
+      - Without it no decision is returned.
+    type: path
+  probed:
+    description:
+      - Whether O(python) is the release's interpreter, so that its answer decides. V(false) when there is no
+        release to probe with yet (a check run, a run without the install stage); the prediction from the CPU
+        evidence (C(predicted_available)) then decides, and RV(decision.messages) says so.
+      - Used only with O(record_file).
+    type: bool
+    default: true
+  host_name:
+    description:
+      - The host's name in RV(decision.messages), normally C(inventory_hostname).
+      - Used only with O(record_file).
+    type: str
+    default: ''
 extends_documentation_fragment:
   - action_common_attributes
   - action_common_attributes.facts
@@ -97,6 +119,17 @@ EXAMPLES = r"""
     wrapper: [qemu-x86_64-static, -cpu, Nehalem]
     timeout: 300
 
+- name: Probe and decide USE_NNPACK against the last deploy's record
+  nnpack_facts:
+    python: /opt/inference/releases/r42/venv/bin/python
+    record_file: /etc/torch-backend/cpu-record.json
+    host_name: "{{ inventory_hostname }}"
+  register: probe
+
+- name: Say what the decision says
+  ansible.builtin.debug:
+    msg: "{{ probe.decision.messages | map(attribute='text') }}"
+
 - name: Probe with the environment the service runs with
   nnpack_facts:
     python: /opt/inference/venv/bin/python
@@ -105,6 +138,49 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+decision:
+  description:
+    - The USE_NNPACK decision from the facts and the host's previous CPU record (module_utils/nnpack_decision.py).
+  returned: when O(record_file) is given
+  type: complex
+  contains:
+    record:
+      description:
+        - "The CPU record to write (the previous one when kept): C(fingerprint), C(cpu_model), C(cpu_flags) (C(avx),
+          C(avx2), C(fma), C(avx512f)), C(cpu_capability), C(status), C(available) and C(use_nnpack) (V('') only when
+          C(available) is V(true), else V('0'))."
+      type: dict
+      sample: {"fingerprint": "305b35c0b213a2bb", "cpu_model": "Intel Core i7 9xx (Nehalem Class Core i7)",
+               "cpu_flags": {"avx": false, "avx2": false, "fma": false, "avx512f": false}, "cpu_capability": "DEFAULT",
+               "status": "unsupported_hardware", "available": false, "use_nnpack": "0"}
+    previous:
+      description: The record read from O(record_file); V({}) when the host has none (or an unusable one).
+      type: dict
+    kept:
+      description:
+        - The probe was undecided (V(probe_failed) or V(torch_missing)) on the same CPU as a record with a verdict,
+          so the recorded verdict stays instead of flipping on one timeout. Never with O(probed=false).
+      type: bool
+    cpu_moved:
+      description: The previous record has a fingerprint and it differs from the new record's.
+      type: bool
+    use_nnpack_off:
+      description: The record's C(use_nnpack) is V('0'), so C(USE_NNPACK=0) is written.
+      type: bool
+    predicted:
+      description: The verdict is the prediction from the CPU evidence (O(probed=false)).
+      type: bool
+    messages:
+      description:
+        - What to tell the operator, in order; each has C(level) (V(info) or V(warning)) and C(text). The texts
+          name the host as O(host_name).
+      type: list
+      elements: dict
+      sample:
+        - level: warning
+          text: >-
+            WARNING: NNPACK could not be probed on web1 (probe_failed: The NNPACK probe ... timed out ...);
+            same CPU as recorded, so the recorded verdict stays (supported, USE_NNPACK unset).
 ansible_facts:
   description: Facts added under C(nnpack).
   returned: always
@@ -244,6 +320,8 @@ ansible_facts:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.cpu_record import read_previous
+from ansible.module_utils.nnpack_decision import decide
 from ansible.module_utils.nnpack_run import child_env, probe
 from ansible.module_utils.nnpack_verdict import verdict
 
@@ -255,6 +333,9 @@ def main():
             timeout=dict(type="int", default=180),
             wrapper=dict(type="list", elements="str", default=[]),
             environment=dict(type="dict", default={}),
+            record_file=dict(type="path"),
+            probed=dict(type="bool", default=True),
+            host_name=dict(type="str", default=""),
         ),
         supports_check_mode=True,
     )
@@ -289,7 +370,14 @@ def main():
     res, rec, fallback_ev = probe(None if problem else python_bin, prefix, params["timeout"], env,
                                   host_view=bool(wrapper) and not prefix)
     facts = verdict(python, params["timeout"], wrapper, res, rec, fallback_ev, problem)
-    module.exit_json(changed=False, ansible_facts={"nnpack": facts})
+    result = {"changed": False, "ansible_facts": {"nnpack": facts}}
+    if params["record_file"]:
+        previous, problem = read_previous(params["record_file"])
+        if problem:
+            module.warn("ignoring the CPU record %s: %s" % (params["record_file"], problem))
+        # not a fact: a decision made against one record file is no property of the host
+        result["decision"] = decide(facts, previous, params["probed"], module.check_mode, params["host_name"])
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

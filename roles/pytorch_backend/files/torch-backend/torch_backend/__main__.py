@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from . import SERVER_NAME, __version__, config, logs, notify, release
+from . import SERVER_NAME, __version__, activation, config, logs, notify, release
 
 EXIT_CONFIG, EXIT_MODEL, EXIT_LISTEN = 2, 3, 4
 
@@ -31,6 +31,14 @@ def serve() -> int:
         notify.notify(f"STATUS=configuration error: {exc}")
         return EXIT_CONFIG
     log.setLevel(cfg.log_level)
+    # The socket from systemd, if any, before anything can start a child: the
+    # LISTEN_* variables are removed here so that no child believes it is meant.
+    try:
+        inherited = activation.systemd_socket()
+    except activation.ActivationError as exc:
+        log.error("cannot listen: %s", exc)
+        notify.notify(f"STATUS=cannot listen: {exc}")
+        return EXIT_LISTEN
 
     import torch  # slow (seconds); numpy is a dependency, so torch does not warn about it
 
@@ -56,16 +64,18 @@ def serve() -> int:
     clamped = f" clamped=[{'; '.join(cfg.clamped)}]" if cfg.clamped else ""
     log.info("starting %s %s: release=%s config_digest=%s nnpack=%s torch=%s cpu_capability=%s "
              "onednn=%s cpu_drift=%s intra_op_threads=%d inter_op_threads=%d workers=%d "
-             "queue_size=%d cores=%d%s",
+             "queue_size=%d cores=%d socket=%s drain_seconds=%g request_deadline_seconds=%g%s",
              SERVER_NAME, __version__, served_release or "none", cfg.config_digest or "none",
              decision.describe(), torch.__version__, capability,
              "available" if torch.backends.mkldnn.is_available() else "unavailable",
              cpu_drift.word(), cfg.intra_op_threads, cfg.inter_op_threads, cfg.workers,
-             cfg.queue_size, cfg.cores, clamped)
+             cfg.queue_size, cfg.cores, "systemd" if inherited is not None else "bound",
+             cfg.drain_seconds, cfg.request_deadline, clamped)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("cpu now: %s", cpu_drift.current or drift.current_cpu())
 
-    service = Service(App(cfg, decision, capability, cpu_drift, served_release))
+    service = Service(App(cfg, decision, capability, cpu_drift, served_release,
+                          "systemd" if inherited is not None else "bound"), inherited)
     service.install_signal_handlers()
     try:
         service.listen()
@@ -76,6 +86,7 @@ def serve() -> int:
     notify.notify("STATUS=loading models")
     try:
         found = models.scan_model_dir(cfg.model_dir)
+        service.app.pending.update(name for name, _pt, _json in found)
         if not os.path.isdir(cfg.model_dir):
             log.info("model dir %s does not exist: serving built-in models only", cfg.model_dir)
         loaded = models.builtin_models()
@@ -103,7 +114,11 @@ def serve() -> int:
     service.add_models(loaded)
     if service.stop.is_set():  # SIGTERM while loading: stop without becoming ready
         return service.wait_and_drain()
-    service.become_ready()
+    try:
+        service.become_ready()
+    except OSError as exc:
+        log.error("cannot serve the socket from systemd: %s", exc)
+        return EXIT_LISTEN
     return service.wait_and_drain()
 
 

@@ -23,6 +23,15 @@ Variables (defaults in brackets):
     TORCH_BACKEND_INTRA_OP_THREADS  [usable cores // workers, at least 1]
     TORCH_BACKEND_INTER_OP_THREADS  [1]
     TORCH_BACKEND_LOG_LEVEL         [INFO]
+    TORCH_BACKEND_ACCESS_LOG        [0]     1 = one INFO line per request (at DEBUG: always)
+    TORCH_BACKEND_DRAIN_SECONDS     [10]    on SIGTERM: time for in-flight requests to finish;
+                                    what is still unanswered then gets 503 + Retry-After
+    TORCH_BACKEND_REQUEST_DEADLINE_SECONDS [30]  an inference not answered within this many
+                                    seconds of its headers gets 503 + Retry-After
+    TORCH_BACKEND_QUEUE_WAIT_SECONDS [0.5]  how long a request may wait for a queue slot
+                                    before 503 (0 = refuse at once when full)
+    TORCH_BACKEND_OVERLOAD_GRACE_SECONDS [2]  /v2/health/ready turns 503 after the queue has
+                                    been full this long, and back to 200 once it is not
     USE_NNPACK                      "0" off, "1" on, unset/empty = probe at start-up
     TORCH_BACKEND_CPU_RECORD        [unset]  the role's CPU record (JSON); unset = no drift check
                                     (read at start-up; an unusable file is a warning, not an error)
@@ -71,6 +80,11 @@ class Config:
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     log_level: str = "INFO"
+    access_log: bool = False
+    drain_seconds: float = 10.0
+    request_deadline: float = 30.0
+    queue_wait: float = 0.5
+    overload_grace: float = 2.0
     # None = unset/empty: decide by probing; otherwise "0" or "1".
     use_nnpack: Optional[str] = None
     # Path of the role's CPU record (drift guard); None = no drift check.
@@ -113,6 +127,29 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: Optional[
     return value
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, raw, "must be a number of seconds") from None
+    # float() takes "nan" and "inf": neither is a time anyone means.
+    if not lo <= value <= hi:
+        raise ConfigError(name, raw, f"must be between {lo:g} and {hi:g} seconds")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return False
+    if raw not in ("0", "1"):
+        raise ConfigError(name, raw, 'must be "1" (on), "0" or empty/unset (off)')
+    return raw == "1"
+
+
 def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -> Config:
     """Read and validate the configuration; raise ConfigError on the first bad value."""
     env = os.environ if env is None else env
@@ -146,6 +183,12 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
     if level not in LOG_LEVELS:
         raise ConfigError("TORCH_BACKEND_LOG_LEVEL", env["TORCH_BACKEND_LOG_LEVEL"],
                           "must be one of " + ", ".join(LOG_LEVELS))
+
+    access_log = _flag(env, "TORCH_BACKEND_ACCESS_LOG")
+    drain = _seconds(env, "TORCH_BACKEND_DRAIN_SECONDS", 10.0, 0.0, 3600.0)
+    deadline = _seconds(env, "TORCH_BACKEND_REQUEST_DEADLINE_SECONDS", 30.0, 0.1, 3600.0)
+    queue_wait = _seconds(env, "TORCH_BACKEND_QUEUE_WAIT_SECONDS", 0.5, 0.0, 60.0)
+    grace = _seconds(env, "TORCH_BACKEND_OVERLOAD_GRACE_SECONDS", 2.0, 0.0, 3600.0)
 
     use_nnpack = _get(env, "USE_NNPACK")
     if use_nnpack not in (None, "0", "1"):
@@ -181,5 +224,7 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
                   header_timeout=header_timeout, body_timeout=body_timeout,
                   idle_timeout=idle_timeout, max_connections=max_connections,
                   intra_op_threads=intra, inter_op_threads=inter, log_level=level,
+                  access_log=access_log, drain_seconds=drain, request_deadline=deadline,
+                  queue_wait=queue_wait, overload_grace=grace,
                   use_nnpack=use_nnpack, cpu_record=cpu_record,
                   config_digest=config_digest, cores=cores, clamped=tuple(clamped))

@@ -26,10 +26,14 @@ The body deadline is the app's (routes.py): it reads the body itself.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import resource
+import socket
+import struct
 import sys
 import time
+from os import dup as os_dup
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -44,6 +48,13 @@ FD_RESERVE = 128
 MIN_CONNECTIONS = 16
 # How long a closing connection keeps reading what its client still sends (see above).
 LINGER_S = 2.0
+# How often a closing connection checks whether its answer has left the buffer.
+FLUSH_POLL_S = 0.01
+# tcp_info's first byte, the connection's TCP state (linux/tcp_states.h): CLOSE once
+# the peer's reset came in.
+TCP_CLOSE = 7
+# A connection exposes itself to the app under this scope key (see client_gone).
+SCOPE_KEY = "torch_backend.connection"
 
 
 def connection_cap(wanted: int = 0) -> int:
@@ -106,9 +117,27 @@ class LingeringTransport:
             self.close_now()
             return
         self.lingering = True
-        transport.write_eof()     # sent once the answer is out
         transport.resume_reading()
         self._timer = self._loop.call_later(LINGER_S, self.close_now)
+        self._half_close()
+
+    def _half_close(self) -> None:
+        """shutdown(SHUT_WR) once the answer has left our buffer. Not through
+        write_eof(): asyncio shuts the socket from its write callback when the
+        buffer drains, where ENOTCONN from a client that reset meanwhile escapes
+        as an ERROR traceback. A reset is the client's business: one DEBUG line."""
+        transport = self._transport
+        if transport.is_closing():
+            return
+        if transport.get_write_buffer_size():
+            self._loop.call_later(FLUSH_POLL_S, self._half_close)
+            return
+        try:
+            transport.write_eof()   # buffer empty: asyncio shuts the socket right here
+        except OSError as exc:
+            log.debug("client %s went away before the close: %s", _peer(transport),
+                      errno.errorcode.get(exc.errno, exc))
+            self.close_now()
 
     def close_now(self) -> None:
         self.lingering = True
@@ -116,6 +145,11 @@ class LingeringTransport:
             self._timer.cancel()
             self._timer = None
         self._transport.close()
+
+
+def _peer(transport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if peer else "?"
 
 
 def protocol_class(guard: Guard):
@@ -131,6 +165,8 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_made(self._lingering)
         self.last_active = time.monotonic()
         self._header_timer = None
+        self.peer_eof = False
+        self.close_after_answer = False
         if not self.guard.admit(self):
             log.warning("connection cap of %d reached with every connection busy: "
                         "refusing a new one", self.guard.cap)
@@ -167,6 +203,36 @@ class GuardedH11Protocol(H11Protocol):
                 and not self.cycle.response_complete:
             self._cancel_header_timer()
 
+    def handle_events(self) -> None:
+        super().handle_events()
+        # A new request's scope, before its task runs: the app asks the connection
+        # whether its client is still there (client_gone) before computing.
+        cycle = self.cycle
+        if cycle is not None and SCOPE_KEY not in cycle.scope.get("extensions", {}):
+            cycle.scope.setdefault("extensions", {})[SCOPE_KEY] = self
+            if self.close_after_answer:
+                cycle.keep_alive = False
+
+    def client_gone(self, scope) -> bool:
+        """Whether the client of the request `scope` has left. Safe from any thread.
+
+        A reset while we read is connection_lost (`disconnected`). A FIN after the
+        request is ambiguous: a client that half-closed and waits for its answer
+        (supported) or one that closed and left; eof_received sends the latter an
+        interim `100 Continue`, to which its kernel answers with a reset, which
+        puts our socket in the TCP state CLOSE."""
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not scope or cycle.disconnected:
+            return True
+        if not self.peer_eof:
+            return False
+        sock = self.transport.get_extra_info("socket")
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        except (OSError, AttributeError):
+            return False
+        return struct.unpack_from("B", info)[0] == TCP_CLOSE
+
     def eof_received(self):
         """The client shut its sending side. uvicorn closes the whole connection
         here, so a request sent in full, or cut short, never got its answer."""
@@ -180,12 +246,25 @@ class GuardedH11Protocol(H11Protocol):
                 # came as the end, so that it answers 400 now, not at its deadline.
                 cycle.more_body = False
                 cycle.message_event.set()
+            elif not cycle.response_started and self.conn.their_http_version == b"1.1":
+                self._probe_peer()
             return True  # keep our sending side open for the answer
         if self.conn.trailing_data[0]:
             # Part of a request line or headers, then EOF: h11 refuses it (400).
             self.conn.receive_data(b"")
             self.handle_events()
         return None
+
+    def _probe_peer(self) -> None:
+        """A whole request, then FIN: send an interim 100 Continue (RFC 9110 §15.2:
+        an HTTP/1.1 client must parse and skip one it did not ask for), so that a
+        client that has closed answers with a reset (client_gone). Never to HTTP/1.0."""
+        self.peer_eof = True
+        try:
+            self.transport.write(self.conn.send(h11.InformationalResponse(
+                status_code=100, headers=[], reason=b"Continue")))
+        except (h11.LocalProtocolError, OSError):
+            pass
 
     def on_response_complete(self) -> None:
         self.last_active = time.monotonic()
@@ -219,15 +298,34 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
     def shutdown(self) -> None:
-        """The server's graceful shutdown: idle connections close at once, not lingering."""
-        if self.cycle is None or self.cycle.response_complete:
-            try:
-                self.conn.send(h11.ConnectionClosed())
-            except h11.LocalProtocolError:
-                pass
-            self._lingering.close_now()
-        else:
-            super().shutdown()
+        """The drain: idle connections close at once, not lingering; unless a request's
+        bytes are already here, unread: closing would reset the connection under a
+        request its client has sent, so it is read and answered (Connection: close)."""
+        self.close_after_answer = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            return
+        if self._header_timer is not None or self._unread_bytes():
+            return  # a request is coming in: handle_events marks it keep_alive False
+        try:
+            self.conn.send(h11.ConnectionClosed())
+        except h11.LocalProtocolError:
+            pass
+        self._lingering.close_now()
+
+    def _unread_bytes(self) -> bool:
+        sock = self.transport.get_extra_info("socket")
+        try:
+            fd = sock.fileno()
+            probe = socket.socket(fileno=os_dup(fd))
+        except (OSError, AttributeError):
+            return False
+        try:
+            return bool(probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:
+            return False
+        finally:
+            probe.close()
 
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:

@@ -25,6 +25,11 @@ ERROR_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
 # Why the server closed a connection on its own (the label's whole value set).
 CLOSE_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "over_connection_cap")
 
+# Why a request was answered 503 or dropped instead of computed (the label's whole value set):
+# overload = no queue slot within the queue wait, deadline = not answered within the
+# request deadline, draining = shutting down, client_gone = dropped unrun, client left.
+SHED_REASONS = ("overload", "deadline", "draining", "client_gone")
+
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 
 # Counters would each get a *_created series, which nothing here reads.
@@ -56,6 +61,12 @@ class Metrics:
                                "Connections the server closed on its own, by reason.",
                                ["reason"], registry=reg)
 
+        self._shed = Counter("torch_backend_requests_shed_total",
+                             "Requests refused (503) or dropped unrun, by reason.",
+                             ["reason"], registry=reg)
+        for reason in SHED_REASONS:  # every series from the start: rates need a zero
+            self._shed.labels(reason)
+
     def gauge(self, name: str, help_text: str, read: Callable[[], float],
               labels: Optional[Mapping[str, str]] = None) -> None:
         """A gauge read at scrape time (no bookkeeping on the hot path).
@@ -82,6 +93,10 @@ class Metrics:
     def closed(self, reason: str) -> None:
         assert reason in CLOSE_REASONS, reason
         self._closed.labels(reason).inc()
+
+    def shed(self, reason: str) -> None:
+        assert reason in SHED_REASONS, reason
+        self._shed.labels(reason).inc()
 
     def render(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)

@@ -14,16 +14,19 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import orjson
 
-from . import logs
+from . import limits, logs
 from .protocol import (HEADER_LENGTH, ProtocolError, check_response_size, encode_infer_response,
                        parse_infer)
+from .workers import ClientGone as JobDropped
 from .workers import QueueFull
 
 log = logs.get("http")
+access = logs.get("access")
 
 MODEL_PATH_RE = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?/?$")
 JSON = "application/json"
@@ -34,15 +37,29 @@ MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 100
 # Unread bodies up to this size are read and dropped before an error answer (keep-alive).
 DISCARD_MAX_BYTES = 64 * 1024
+# X-Request-Id taken from a client: visible ASCII (no spaces: one log token), bounded.
+REQUEST_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}\Z")
+# W3C trace context: version-traceid-parentid-flags (logged only, never interpreted).
+TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
+RETRY_AFTER = {"Retry-After": "1"}
+
+
+def request_id(given: Optional[str]) -> str:
+    """The client's X-Request-Id when it is one token of visible ASCII, at most
+    128 characters (it goes into log lines and back into a header); else a new one."""
+    if given is not None and REQUEST_ID_RE.match(given):
+        return given
+    return uuid.uuid4().hex
 
 
 class HTTPError(Exception):
     def __init__(self, status: int, message: str, headers: Optional[dict] = None,
-                 close: bool = False):
+                 close: bool = False, shed: Optional[str] = None):
         super().__init__(message)
         self.status = status
         self.headers = headers or {}
         self.close = close
+        self.shed = shed    # a 503 that sheds load: its reason (metrics.SHED_REASONS)
 
 
 class ClientGone(Exception):
@@ -68,6 +85,16 @@ class Exchange:
         self.started = False
         self.body_read = False
         self.close = False
+        self.sent_bytes = 0
+        self.request_id = request_id(self.headers.get("x-request-id"))
+        self.arrived = time.monotonic()
+        self.shed_reason: Optional[str] = None   # set by whoever cancels this request
+        self.connection = scope.get("extensions", {}).get(limits.SCOPE_KEY)
+        self.scope = scope
+
+    def client_gone(self) -> bool:
+        """Whether the client has left (any thread): a job for it is not worth running."""
+        return self.connection is not None and self.connection.client_gone(self.scope)
 
     async def respond(self, status: int, chunks: Iterable[bytes], content_type: str,
                       headers: Optional[dict] = None) -> None:
@@ -76,6 +103,7 @@ class Exchange:
             (b"Content-Type", content_type.encode()),
             (b"Content-Length", str(sum(len(c) for c in chunks)).encode())]
         out += [(k.encode(), str(v).encode()) for k, v in (headers or {}).items()]
+        out.append((b"X-Request-Id", self.request_id.encode()))
         # A body left in the socket means this connection cannot carry another
         # request: say so rather than close without warning.
         if not self.body_read and self.headers.get("content-length", "0").strip() not in ("", "0"):
@@ -87,6 +115,8 @@ class Exchange:
         if self.close:
             out.append((b"Connection", b"close"))
         self.started = True
+        self.status = status
+        self.sent_bytes = sum(len(c) for c in chunks)
         await self._send({"type": "http.response.start", "status": status, "headers": out})
         last = len(chunks) - 1
         for i, chunk in enumerate(chunks):
@@ -94,7 +124,6 @@ class Exchange:
                               "more_body": i < last})
         if not chunks:
             await self._send({"type": "http.response.body", "body": b""})
-        self.status = status
 
     async def respond_json(self, status: int, obj, headers: Optional[dict] = None) -> None:
         await self.respond(status, [orjson.dumps(obj)], JSON, headers)
@@ -155,20 +184,30 @@ class Routes:
         start = time.perf_counter()
         app = self.app
         model_label, infer = None, False
-        app.begin()
+        task = asyncio.current_task()
+        app.requests[task] = ex
         try:
-            self._refuse_early(ex)
-            match = MODEL_PATH_RE.match(ex.path)
-            if match:
-                name, version, action = match.group(1), match.group(2), match.group(3) or ""
-                infer = action == "/infer"
-                if name in app.models:
-                    model_label = name
-                await self._model_route(ex, name, version, action)
-            else:
-                await self._static_route(ex, ex.path.rstrip("/") or "/")
+            try:
+                self._refuse_early(ex)
+                match = MODEL_PATH_RE.match(ex.path)
+                if match:
+                    name, version, action = match.group(1), match.group(2), match.group(3) or ""
+                    infer = action == "/infer"
+                    if name in app.models:
+                        model_label = name
+                    await self._model_route(ex, name, version, action)
+                else:
+                    await self._static_route(ex, ex.path.rstrip("/") or "/")
+            except asyncio.CancelledError:
+                # The drain's time is up (server._drain): answer, never a 500.
+                if ex.shed_reason is None or ex.started:
+                    raise
+                raise HTTPError(503, "server is shutting down: the drain time is over; retry",
+                                RETRY_AFTER, close=True, shed=ex.shed_reason) from None
         except HTTPError as exc:
             ex.close = ex.close or exc.close
+            if exc.shed:
+                app.metrics.shed(exc.shed)
             if not ex.close:
                 await self._discard_small_body(ex)
             if exc.status == 408:
@@ -177,15 +216,31 @@ class Routes:
         except ClientGone:
             return
         except Exception as exc:  # noqa: BLE001 - a bug must answer 500, not kill the connection
-            log.exception("internal error on %s %s", ex.method, ex.path)
+            log.exception("internal error on %s %s (request id %s)", ex.method, ex.path,
+                          ex.request_id)
             if ex.started:  # uvicorn closes a connection whose response was cut short
                 return
             ex.close = True
             await ex.respond_json(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
         finally:
-            app.end()
+            app.requests.pop(task, None)
+            seconds = time.perf_counter() - start
             if ex.status:
-                app.metrics.request(model_label, ex.status, time.perf_counter() - start, infer)
+                app.metrics.request(model_label, ex.status, seconds, infer)
+            self._log(ex, seconds)
+
+    def _log(self, ex: Exchange, seconds: float) -> None:
+        """The access log: one line per request, INFO when TORCH_BACKEND_ACCESS_LOG=1,
+        DEBUG otherwise (so a service at DEBUG logs every request)."""
+        level = 20 if self.app.config.access_log else 10
+        if not access.isEnabledFor(level):
+            return
+        trace = ex.headers.get("traceparent")
+        if trace is not None and not TRACEPARENT_RE.match(trace):
+            trace = "invalid"
+        access.log(level, "%s %s %s %.1fms %dB id=%s%s", ex.method, ex.path,
+                   ex.status or "-", seconds * 1000.0, ex.sent_bytes, ex.request_id,
+                   f" traceparent={trace}" if trace is not None else "")
 
     async def _discard_small_body(self, ex: Exchange) -> None:
         """Read and drop a small unread body before refusing its request (404, 405, ...):
@@ -226,7 +281,11 @@ class Routes:
             await ex.respond_json(200, {"live": True})
         elif path == "/v2/health/ready":
             ex.only("GET", "HEAD")
-            await ex.respond_json(200 if app.ready else 503, {"ready": app.ready})
+            why = app.readiness()
+            if why is None:
+                await ex.respond_json(200, {"ready": True})
+            else:
+                await ex.respond_json(503, {"ready": False}, RETRY_AFTER)
         elif path == "/v2":
             ex.only("GET", "HEAD")
             await ex.respond_json(200, app.server_metadata())
@@ -240,9 +299,15 @@ class Routes:
     async def _model_route(self, ex: Exchange, name: str, version: Optional[str],
                            action: str) -> None:
         app = self.app
-        if not app.ready:
-            why = "shutting down" if app.draining else "not ready (loading models)"
-            raise HTTPError(503, f"server is {why}", {"Retry-After": "1"}, close=app.draining)
+        if action == "/ready" and version is None and name in app.pending:
+            raise HTTPError(503, f"model {name!r} is loading", RETRY_AFTER)
+        if not app.loaded:
+            raise HTTPError(503, "server is not ready (loading models)", RETRY_AFTER)
+        if app.drain_expired:
+            # Requests already on their way when the stop began are served while
+            # the drain lasts (Connection: close); after it, only this.
+            raise HTTPError(503, "server is shutting down", RETRY_AFTER, close=True,
+                            shed="draining")
         model = app.models.get(name)
         if model is None:
             raise HTTPError(404, f"unknown model {name!r}; available: {sorted(app.models)}")
@@ -254,7 +319,11 @@ class Routes:
             await ex.respond_json(200, model.metadata())
         elif action == "/ready":
             ex.only("GET", "HEAD")
-            await ex.respond_json(200, {"name": name, "ready": True})
+            why = app.model_not_ready_reason(name)
+            if why is None:
+                await ex.respond_json(200, {"name": name, "ready": True})
+            else:
+                await ex.respond_json(503, {"name": name, "ready": False}, RETRY_AFTER)
         else:
             ex.only("POST")
             await self._infer(ex, model)
@@ -262,12 +331,16 @@ class Routes:
     async def _infer(self, ex: Exchange, model) -> None:
         app = self.app
         cfg = app.config
+        deadline = ex.arrived + cfg.request_deadline
         # Capacity first, with the body still unread: a full server costs a
-        # refused client one header exchange, not a 16 MB upload.
-        if not app.admit_inference():
+        # refused client one header exchange, not a 16 MB upload. The 503 keeps
+        # the connection (a small body is read and dropped): a client retrying
+        # on a new connection each time costs the server more than the retry.
+        if not await app.admit_inference(min(cfg.queue_wait, deadline - time.monotonic())):
             raise HTTPError(503, f"server busy: inference queue is full "
                                  f"({cfg.queue_size} waiting); retry later",
-                            {"Retry-After": "1"}, close=True)
+                            RETRY_AFTER, shed="overload")
+        job = None
         try:
             body = await ex.read_body(cfg.max_body_bytes, cfg.body_timeout)
             loop = asyncio.get_running_loop()
@@ -278,13 +351,24 @@ class Routes:
                 raise HTTPError(exc.status, str(exc)) from None
             del body
             try:
-                future = app.pool.submit(lambda: app.infer(model, request.arrays))
+                job = app.pool.submit(lambda: app.infer(model, request.arrays), model.name,
+                                      wanted=lambda: not ex.client_gone())
             except QueueFull:  # admission makes this rare: a worker still finishing up
                 raise HTTPError(503, f"server busy: inference queue is full "
                                      f"({cfg.queue_size} waiting); retry later",
-                                {"Retry-After": "1"}) from None
+                                RETRY_AFTER, shed="overload") from None
             try:
-                results = await asyncio.wrap_future(future)
+                results = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job.future)),
+                                                 max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise HTTPError(503, f"inference not done within the request deadline of "
+                                     f"{cfg.request_deadline:g} s "
+                                     f"(TORCH_BACKEND_REQUEST_DEADLINE_SECONDS); retry later",
+                                RETRY_AFTER, shed="deadline") from None
+            except JobDropped:
+                log.debug("dropped a queued request unrun: its client left (request id %s)",
+                          ex.request_id)
+                raise HTTPError(503, "client gone", close=True, shed="client_gone") from None
             except Exception as exc:  # noqa: BLE001
                 log.error("inference failed for model %r: %s: %s", model.name,
                           type(exc).__name__, exc)
@@ -301,4 +385,6 @@ class Routes:
                 await ex.respond(200, chunks, "application/octet-stream",
                                  {HEADER_LENGTH: str(header_len)})
         finally:
+            if job is not None and not job.future.done():
+                job.abandon()   # unrun: dropped; running: its result is thrown away
             app.end_inference()

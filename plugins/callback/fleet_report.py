@@ -30,7 +30,16 @@ description:
   - Prints nothing when the run set no C(pytorch_backend_targets) (playbooks that do not run the role).
 '''
 
-from ansible.plugins.callback import CallbackBase
+import importlib.util
+import os
+
+# plugins/callback/ is no package (Ansible loads each file there by path, under a name of its own):
+# the base the project's callbacks share is loaded by path as well
+_spec = importlib.util.spec_from_file_location(
+    'pytorch_backend_aggregate_callback',
+    os.path.join(os.path.dirname(__file__), os.pardir, 'module_utils', 'aggregate_callback.py'))
+aggregate_callback = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(aggregate_callback)
 
 OUTCOMES = ('served', 'rolled_back', 'kept', 'failed', 'unreachable', 'not reached')
 # runs that verify nothing: counted only when present, so a deploy's count line stays the same
@@ -54,11 +63,8 @@ def _text(value, width=None):
     return text[:width] if width else text
 
 
-class CallbackModule(CallbackBase):
-    CALLBACK_VERSION = 2.0
-    CALLBACK_TYPE = 'aggregate'
+class CallbackModule(aggregate_callback.AggregateCallback):
     CALLBACK_NAME = 'fleet_report'
-    CALLBACK_NEEDS_ENABLED = True
 
     def __init__(self):
         super().__init__()

@@ -20,16 +20,21 @@ options:
       - name: TASK_TIMER_TOP
 '''
 
+import importlib.util
+import os
 import time
 
-from ansible.plugins.callback import CallbackBase
+# plugins/callback/ is no package (Ansible loads each file there by path, under a name of its own):
+# the base the project's callbacks share is loaded by path as well
+_spec = importlib.util.spec_from_file_location(
+    'pytorch_backend_aggregate_callback',
+    os.path.join(os.path.dirname(__file__), os.pardir, 'module_utils', 'aggregate_callback.py'))
+aggregate_callback = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(aggregate_callback)
 
 
-class CallbackModule(CallbackBase):
-    CALLBACK_VERSION = 2.0
-    CALLBACK_TYPE = 'aggregate'
+class CallbackModule(aggregate_callback.AggregateCallback):
     CALLBACK_NAME = 'task_timer'
-    CALLBACK_NEEDS_ENABLED = True
 
     def __init__(self):
         super().__init__()

@@ -86,30 +86,67 @@ def memory_mib(pid):
     return int(values["VmHWM"]) / 1024, int(values["VmRSS"]) / 1024
 
 
+# What systemd does for a socket-activated service, as a program run before it: the
+# listening socket (argv[1], a descriptor) becomes fd 3, LISTEN_FDS=1 and LISTEN_PID =
+# this process, which then becomes the service (exec keeps the pid).
+SOCKET_ACTIVATION = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "if fd != 3:\n"
+    "    os.dup2(fd, 3)\n"
+    "    os.close(fd)\n"
+    "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n")
+
+
+def activation_socket(host="127.0.0.1", port=0, backlog=128):
+    """A listening TCP socket made as systemd makes one (protocol 0, not IPPROTO_TCP),
+    to hand to ServerProcess(listen_socket=...)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    return sock
+
+
 class ServerProcess:
     """A real `python -m torch_backend serve` subprocess on 127.0.0.1 (or the
     TORCH_BACKEND_HOST given in `env`: requests go where a local client reaches it).
 
     Its stderr goes to TMP_DIR/NAME.stderr; it runs in TMP_DIR. Failures to start
-    raise AssertionError with the server's stderr."""
+    raise AssertionError with the server's stderr. With `listen_socket`, the server
+    gets that socket as systemd's socket activation passes one (fd 3, LISTEN_FDS,
+    LISTEN_PID); several servers may be given the same socket."""
 
-    def __init__(self, tmp_dir, env=None, wrapper=(), name="server", python=None):
+    def __init__(self, tmp_dir, env=None, wrapper=(), name="server", python=None,
+                 listen_socket=None):
         self.tmp_dir = Path(tmp_dir)
         self.python = str(python or sys.executable)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.stderr_path = self.tmp_dir / f"{name}.stderr"
         self.env = service_env(**(env or {}))
         self.wrapper = list(wrapper)
+        self.listen_socket = listen_socket
         self.proc = None
         self.port = None
         self.host = listen_address.local_host(self.env["TORCH_BACKEND_HOST"])
+        if listen_socket is not None:
+            self.host, self.port = listen_socket.getsockname()[:2]
 
     def start(self):
         self._stderr = open(self.stderr_path, "wb")
+        command = self.wrapper + [self.python, "-m", "torch_backend", "serve"]
+        pass_fds = ()
+        if self.listen_socket is not None:
+            fd = self.listen_socket.fileno()
+            command = [self.python, "-c", SOCKET_ACTIVATION, str(fd)] + command
+            pass_fds = (fd,)
         self.proc = subprocess.Popen(
-            self.wrapper + [self.python, "-m", "torch_backend", "serve"],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=self._stderr, cwd=self.tmp_dir)
+            command, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=self._stderr, cwd=self.tmp_dir, pass_fds=pass_fds)
         return self
 
     @property
@@ -117,6 +154,8 @@ class ServerProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def wait_listening(self, timeout=60.0):
+        if self.listen_socket is not None:
+            return self.port   # listening already: the socket is ours
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             match = LISTEN_RE.search(self.stderr)

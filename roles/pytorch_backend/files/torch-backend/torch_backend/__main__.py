@@ -77,6 +77,16 @@ def serve() -> int:
     service = Service(App(cfg, decision, capability, cpu_drift, served_release,
                           "systemd" if inherited is not None else "bound"), inherited)
     service.install_signal_handlers()
+    # The models' names before the first connection: a model still loading is
+    # "not ready" (503), a name that is no model "unknown" (404).
+    try:
+        found = models.scan_model_dir(cfg.model_dir)
+    except models.ModelError as exc:
+        log.error("cannot start: %s", exc)
+        notify.notify(f"STATUS=model load failed: {exc}")
+        return EXIT_MODEL
+    loaded = models.builtin_models()
+    service.app.pending.update([m.name for m in loaded] + [name for name, _pt, _js in found])
     try:
         service.listen()
     except OSError as exc:
@@ -85,11 +95,8 @@ def serve() -> int:
 
     notify.notify("STATUS=loading models")
     try:
-        found = models.scan_model_dir(cfg.model_dir)
-        service.app.pending.update(name for name, _pt, _json in found)
         if not os.path.isdir(cfg.model_dir):
             log.info("model dir %s does not exist: serving built-in models only", cfg.model_dir)
-        loaded = models.builtin_models()
         for name, pt_path, json_path in found:
             loaded.append(models.load_file_model(name, pt_path, json_path))
         for model in loaded:

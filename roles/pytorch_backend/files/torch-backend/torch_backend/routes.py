@@ -299,10 +299,12 @@ class Routes:
     async def _model_route(self, ex: Exchange, name: str, version: Optional[str],
                            action: str) -> None:
         app = self.app
-        if action == "/ready" and version is None and name in app.pending:
-            raise HTTPError(503, f"model {name!r} is loading", RETRY_AFTER)
         if not app.loaded:
-            raise HTTPError(503, "server is not ready (loading models)", RETRY_AFTER)
+            if name not in app.pending and name not in app.models:
+                raise HTTPError(404, f"unknown model {name!r}; loading: {sorted(app.pending)}")
+            raise HTTPError(503, f"server is not ready (loading models; {name!r} "
+                                 f"{'is loading' if name in app.pending else 'is loaded'})",
+                            RETRY_AFTER)
         if app.drain_expired:
             # Requests already on their way when the stop began are served while
             # the drain lasts (Connection: close); after it, only this.

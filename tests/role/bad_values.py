@@ -20,6 +20,8 @@ BAD = [
     ("pytorch_backend_base_dir", "opt/torch", "pytorch_backend_base_dir"),
     ("pytorch_backend_base_dir", "/opt/torch backend", "pytorch_backend_base_dir"),
     ("pytorch_backend_env_file", "/etc/torch-backend/", "pytorch_backend_env_file"),
+    ("pytorch_backend_cpu_record_file", "/etc/torch-backend/torch-backend.env", "pytorch_backend_cpu_record_file"),
+    # the deprecated name is still checked, and named, where it is given
     ("pytorch_backend_state_file", "/etc/torch-backend/torch-backend.env", "pytorch_backend_state_file"),
     ("pytorch_backend_user", "root", "pytorch_backend_user"),
     ("pytorch_backend_group", "Bad Group", "pytorch_backend_group"),

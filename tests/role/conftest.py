@@ -41,23 +41,12 @@ def playbook(tmp_path):
     return _run
 
 
-# A play on localhost with the role's defaults and vars that gives the extra var `facts` as the
-# probe's NNPACK facts and runs the role's own decision (tasks/steps/decide.yml); tests append
-# their tasks (at the same indentation) to look at what it decided.
-DECIDE_PLAY = """
-- hosts: localhost
-  gather_facts: false
-  vars_files:
-    - ROLE/defaults/main.yml
-    - ROLE/vars/main.yml
-  tasks:
-    - name: Give the facts
-      ansible.builtin.set_fact:
-        ansible_facts:
-          nnpack: "{{ facts }}"
-    - name: Decide as the role does (its own decide.yml)
-      ansible.builtin.include_tasks: ROLE/tasks/steps/decide.yml
-""".replace("ROLE", str(ROLE))
+def decided(facts, previous=None, probed=True):
+    """What the probe task registers for these NNPACK facts: the role's own decision
+    (module_utils/nnpack_decision.py), for plays that render or report from it."""
+    sys.path.insert(0, str(ROOT / "tests" / "module"))
+    from nnpack_facts_helpers import import_module_utils
+    return {"decision": import_module_utils("nnpack_decision").decide(facts, previous or {}, probed, host="localhost")}
 
 
 # A play on localhost with the role's defaults and vars loaded, for running its step files;

@@ -151,8 +151,8 @@ def test_overrides_one_batch_kept_failed_and_unreachable(tmp_path):
 
 
 def test_a_deploy_with_verification_off_reports_its_hosts_unverified_not_unreached(tmp_path):
-    # the role reports through the same step file (apply.yml imports it)
-    assert "steps/report_unverified.yml" in (ROOT / "roles/pytorch_backend/tasks/steps/apply.yml").read_text()
+    # the role reports through the same step file (main.yml imports it after the switch)
+    assert "steps/verify.yml" in (ROOT / "roles/pytorch_backend/tasks/main.yml").read_text()
     proc, out = run(tmp_path, args=["-e", "pytorch_backend_verify=false"])
     assert proc.returncode == 0, out
     assert batches(out) == DEFAULT_BATCHES, out

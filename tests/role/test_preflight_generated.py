@@ -346,8 +346,8 @@ def generate():
                    {port: 9000, cand: "09000"}, {cand: str(p_def)}):
         c.add("cross-ports", cand, values=values, names=both)
     assert "pytorch_backend_env_file" in rules[
-        "pytorch_backend_state_file"], "the state file rule no longer compares with the env file"
-    ef, sf = "pytorch_backend_env_file", "pytorch_backend_state_file"
+        "pytorch_backend_cpu_record_file"], "the CPU record rule no longer compares with the env file"
+    ef, sf = "pytorch_backend_env_file", "pytorch_backend_cpu_record_file"
     e_def, s_def = spec[ef]["default"], spec[sf]["default"]
     files = (ef, sf)
     for values in ({sf: e_def}, {ef: s_def}, {ef: "/etc/tb/same", sf: "/etc/tb/same"},
@@ -395,7 +395,7 @@ def good_hosts():
                                   "pytorch_backend_header_timeout": 3600, "pytorch_backend_body_timeout": 3600,
                                   "pytorch_backend_idle_timeout": 3600, "pytorch_backend_max_connections": 8064},
         "good-paths": {"pytorch_backend_base_dir": "/srv/tb", "pytorch_backend_env_file": "/etc/tb/env",
-                       "pytorch_backend_state_file": "/etc/tb/record.json",
+                       "pytorch_backend_cpu_record_file": "/etc/tb/record.json",
                        "pytorch_backend_wheelhouse_dir": "/var/tmp/wheels"},
         "good-names": {"pytorch_backend_user": "svc_torch-1", "pytorch_backend_group": "_svc",
                        "pytorch_backend_host": "::1"},

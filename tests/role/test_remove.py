@@ -35,7 +35,7 @@ def paths(tmp_path):
     return {
         "pytorch_backend_env_file": str(etc / "torch-backend.env"),
         "pytorch_backend_secret_env_file": str(etc / "secret.env"),
-        "pytorch_backend_state_file": str(tmp_path / "var" / "cpu-record.json"),
+        "pytorch_backend_cpu_record_file": str(tmp_path / "var" / "cpu-record.json"),
         "pytorch_backend_base_dir": str(tmp_path / "opt" / "torch-backend"),
         "pytorch_backend_wheelhouse_dir": str(tmp_path / "cache" / "wheelhouse"),
         "_pytorch_backend_fact_file": str(tmp_path / "facts.d" / "torch_backend.fact"),
@@ -47,7 +47,7 @@ def paths(tmp_path):
 def deployed(tmp_path, extra_in_config_dir=False):
     """What a deploy leaves (in miniature), plus perhaps a file of someone else's in /etc/torch-backend."""
     v = paths(tmp_path)
-    for key in ("pytorch_backend_env_file", "pytorch_backend_secret_env_file", "pytorch_backend_state_file",
+    for key in ("pytorch_backend_env_file", "pytorch_backend_secret_env_file", "pytorch_backend_cpu_record_file",
                 "_pytorch_backend_fact_file"):
         p = tmp_path.joinpath(v[key])
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def test_second_removal_changes_nothing_with_stand_in_systemd(playbook, tmp_path
     out = first.stdout + first.stderr
     assert first.returncode == 0, out[-3000:]
     assert recap(out)["changed"] >= 1, out[-3000:]
-    for key in ("pytorch_backend_env_file", "pytorch_backend_secret_env_file", "pytorch_backend_state_file",
+    for key in ("pytorch_backend_env_file", "pytorch_backend_secret_env_file", "pytorch_backend_cpu_record_file",
                 "_pytorch_backend_fact_file", "pytorch_backend_base_dir", "pytorch_backend_wheelhouse_dir"):
         assert not tmp_path.joinpath(v[key]).exists(), key
     # a directory shared with someone else's file stays, with that file; one holding only ours goes

@@ -1,7 +1,7 @@
 """Credentials stay out of pip's argv, -v/--diff output and the release id (issue #16).
 
 These run the role's own step files on localhost: release_id.yml, pip_install.yml (with a
-stand-in for the venv's python, which records what pip would get), render.yml and
+stand-in for the venv's python, which records what pip would get), configure.yml and
 secret_env.yml (writing only into tmp_path).
 """
 import json
@@ -13,7 +13,7 @@ import sysconfig
 
 import yaml
 
-from conftest import DECIDE_PLAY, ROLE, VARS_PLAY
+from conftest import ROLE, VARS_PLAY, decided
 
 TOKEN = "s3cr3t-T0KEN-4711"
 
@@ -61,12 +61,12 @@ def test_pip_gets_index_credentials_from_a_root_only_file_never_argv_or_output_m
     python.chmod(0o755)
     torch_index = "https://ci:" + TOKEN + "@download.example.org/whl/cpu"
     extra_index = "https://" + TOKEN + "@mirror.example.org/simple"
-    result = playbook(VARS_PLAY + f"""    - name: Install the requirements as build_release.yml does
+    result = playbook(VARS_PLAY + f"""    - name: Install the requirements as install.yml does
       vars:
         _pb_pip_indexes: "{{{{ _pytorch_backend_pip_indexes.requirements }}}}"
         _pb_pip_args: "{{{{ _pytorch_backend_requirements }}}}"
       ansible.builtin.include_tasks: {ROLE}/tasks/steps/pip_install.yml
-    - name: Install the service package as build_release.yml does
+    - name: Install the service package as install.yml does
       vars:
         _pb_pip_indexes: "{{{{ _pytorch_backend_pip_indexes.service }}}}"
         _pb_pip_args: ["--no-deps", "{{{{ _pytorch_backend_release }}}}/src"]
@@ -109,7 +109,7 @@ def test_real_pip_reads_the_indexes_from_the_venvs_pip_conf_and_prints_no_creden
     (site / "controller_pip.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     torch_index = "http://ci:" + TOKEN + "@127.0.0.1:9/simple"
     extra_index = "http://" + TOKEN + "@127.0.0.1:9/extra"
-    result = playbook(VARS_PLAY + f"""    - name: Install the requirements as build_release.yml does
+    result = playbook(VARS_PLAY + f"""    - name: Install the requirements as install.yml does
       vars:
         _pb_pip_indexes: "{{{{ _pytorch_backend_pip_indexes.requirements }}}}"
         _pb_pip_args: ["no-such-package-for-the-secrets-test==1.0"]
@@ -151,9 +151,11 @@ def test_pip_from_a_wheelhouse_gets_no_index_config_mocked_pip(playbook, tmp_pat
 SECRET_TASKS = """    - name: Render as the role does
       ansible.builtin.include_role:
         name: pytorch_backend
-        tasks_from: steps/render.yml
-    - name: Write the secret file as configure.yml does
+        tasks_from: steps/configure.yml
+    - name: Write the secret file as switch.yml does
       when: "'secret' in _pytorch_backend_files_changed"
+      vars:
+        _pb_secret_step: write
       ansible.builtin.include_role:
         name: pytorch_backend
         tasks_from: steps/secret_env.yml
@@ -165,23 +167,26 @@ SECRET_TASKS = """    - name: Render as the role does
 
 WRITE_WHEN = "when: \"'secret' in _pytorch_backend_files_changed\""
 assert WRITE_WHEN in SECRET_TASKS
-RESTORE_TASKS = """    - name: Put the secret file back as rollback.yml does
+RESTORE_TASKS = """    - name: Put the secret file back as restore.yml does
+      vars:
+        _pb_secret_step: restore
       ansible.builtin.include_role:
         name: pytorch_backend
-        tasks_from: steps/secret_env_restore.yml
+        tasks_from: steps/secret_env.yml
 """
 
 
 def run_secret_play(playbook, tmp_path, secret_env, host_secret_keys, tasks=SECRET_TASKS):
-    """render.yml + secret_env.yml (or `tasks`) on localhost with -v --diff, files under tmp_path."""
+    """configure.yml + secret_env.yml (or `tasks`) on localhost with -v --diff, files under tmp_path."""
     secret_file = tmp_path / "secret.env"
-    state = {"current": "", "complete": "yes", "fileenv": "", "filestate": "", "fileunit": "", "dirs": "yes", "contentstate": "",
-             "secret": "yes" if secret_file.exists() else "no", "secret_keys": host_secret_keys}
+    nothing = {"signature": "", "content": ""}
+    host = {"current": "", "complete": True, "files": {"env": nothing, "record": nothing, "unit": nothing}, "dirs": True,
+            "secret": secret_file.exists(), "secret_keys": host_secret_keys.split()}
     facts = {"status": "supported", "available": True, "predicted_available": True, "cpu_model": "Test CPU",
              "fingerprint": "abcd", "torch_cpu_capability": "AVX2", "reason": "test",
              "cpu_flags": {"avx2": True, "fma": True}, "cache_enumerated": True}
-    result = playbook(DECIDE_PLAY + tasks, extra_vars={
-        "facts": facts, "_pytorch_backend_state": state, "_pytorch_backend_probe_python": "/venv/bin/python",
+    result = playbook(VARS_PLAY + tasks, extra_vars={
+        "_pytorch_backend_probe": decided(facts), "_pytorch_backend_host": host,
         "_pytorch_backend_release": "/opt/torch-backend/releases/r1", "_pytorch_backend_release_id": "r1",
         "pytorch_backend_env_file": str(tmp_path / "torch-backend.env"),
         "pytorch_backend_secret_env_file": str(secret_file), "pytorch_backend_secret_env": secret_env,
@@ -232,7 +237,7 @@ def test_a_rollback_puts_back_the_secret_file_this_run_replaced_and_nothing_else
     assert "secret" in changed and TOKEN not in out
     assert f'API_TOKEN="{TOKEN}"' in secret_file.read_text().splitlines() and not previous.exists()
 
-    # a rotation that fails before secret_env.yml ran: the host's file stays as it was, and a
+    # a rotation that fails before the write step ran: the host's file stays as it was, and a
     # .previous an earlier cut run left is not put in its place
     previous.write_text('API_TOKEN="stale"\n')
     before = secret_file.read_text()

@@ -18,15 +18,16 @@ from conftest import ROLE, ROOT
 BIN = Path(sys.executable).parent
 TASKS = ROLE / "tasks"
 STAGES = {"install", "probe", "configure", "verify"}
-PLAYBOOK_TAGS = {"verify.yml": ["verify"], "rollback.yml": ["configure"], "audit.yml": ["probe"],
-                 "remove.yml": ["remove"]}
+# each tag with the role's prefix, the unprefixed one kept as an alias
+PLAYBOOK_TAGS = {"verify.yml": ["pytorch_backend_verify", "verify"], "rollback.yml": ["pytorch_backend_configure", "configure"],
+                 "audit.yml": ["pytorch_backend_probe", "probe"], "remove.yml": ["pytorch_backend_remove", "remove"]}
 
 ALWAYS = ["Check the ansible-core version", "Check cross-variable rules",
           "Name the hosts this run targets, for the fleet table"]
-HOST_READ = ["Read the host's Python version", "Work out the release identity", "Read the deployment state on the host", "Parse the deployment state"]
-INSTALL = ["Check the host's Python against the requirement sets and the wheels", "Create the service group",
-           "Create the directories", "Build the release"]
-PROBE = ["Choose the interpreter to probe with", "Decide USE_NNPACK", "Report the decision"]
+HOST_READ = ["Read the host's Python version", "Work out the release identity", "Read the deployment state on the host",
+             "Check the host's Python against the requirement sets and the wheels"]
+INSTALL = ["Create the service group", "Create the directories", "Announce the build", "Mark the release complete"]
+PROBE = ["Probe NNPACK with the release's interpreter and decide USE_NNPACK", "Say what the decision rests on", "Report the decision"]
 CONFIGURE = ["Require the release to switch to", "Render the managed files", "Start the candidate",
              "Write the environment file, the CPU record and the unit", "Restart torch-backend",
              "Remove releases beyond the newest"]
@@ -62,9 +63,11 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("tag", sorted(EXPECTED))
+@pytest.mark.parametrize("tag", sorted(EXPECTED) + ["pytorch_backend_" + t for t in sorted(EXPECTED)])
 def test_deploy_tag_runs_its_stage_and_what_it_needs(tag):
+    """Each stage's tag, prefixed with the role's name or by its old alias, lists the same tasks."""
     names = listed("--tags", tag)
+    tag = tag.removeprefix("pytorch_backend_")
     runs, not_runs = EXPECTED[tag]
     assert [t for t in runs if not has(names, t)] == [], names
     assert [t for t in not_runs if has(names, t)] == [], names
@@ -136,7 +139,9 @@ def test_every_task_carries_or_inherits_a_tag():
 def test_deploy_stages_and_playbooks_use_only_the_documented_tags():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Tags", 1)[1].split("\n## ", 1)[0]
-    for tag in sorted(STAGES | {"always", "remove"}):
+    documented = STAGES | {"remove"}
+    documented |= {"pytorch_backend_" + tag for tag in documented}
+    for tag in sorted(documented | {"always"}):
         assert f"`{tag}`" in section, tag
     used = set()
     for path in list(TASKS.rglob("*.yml")) + list((ROOT / "playbooks").glob("*.yml")):
@@ -144,7 +149,7 @@ def test_deploy_stages_and_playbooks_use_only_the_documented_tags():
         for line in text.splitlines():
             if line.strip().startswith("tags:"):
                 used |= set(as_list(yaml.safe_load(line.strip())["tags"]))
-    assert used == STAGES | {"always", "remove"}, used
+    assert used == documented | {"always"}, used
 
 
 FLAGS_PLAY = """
@@ -168,6 +173,9 @@ FLAGS_PLAY = """
     (("--tags", "configure"), True, True),
     (("--tags", "install,probe"), False, False),
     (("--skip-tags", "verify"), True, False),
+    (("--tags", "pytorch_backend_verify"), False, True),
+    (("--tags", "pytorch_backend_configure"), True, True),
+    (("--skip-tags", "pytorch_backend_verify"), True, False),
 ])
 def test_run_flags_follow_the_tags(tmp_path, args, configures, verifies):
     """Whether the fleet table is printed (verifies) and the probe reports its verdict (not configures)."""

@@ -5,7 +5,7 @@ templates and the decision write; the probe has its own tests in tests/module.
 """
 import pytest
 
-from conftest import DECIDE_PLAY, ROLE
+from conftest import ROLE, VARS_PLAY, decided
 
 STATUSES = ["supported", "unsupported_hardware", "not_built", "cpuinfo_failed", "probe_failed", "torch_missing"]
 
@@ -16,13 +16,13 @@ TASKS = """    - name: Render
         mode: "0600"
 """
 
-# What the host-state read and the probe step give decide.yml on a host with no record yet.
-FRESH_HOST = {"_pytorch_backend_state": {"contentstate": ""}, "_pytorch_backend_probe_python": "/venv/bin/python"}
 
 
 def render(playbook, tmp_path, template, facts, **extra):
     dest = tmp_path / "out"
-    result = playbook(DECIDE_PLAY + TASKS.format(role=ROLE, template=template, dest=dest), extra_vars=dict(FRESH_HOST, facts=facts, **extra))
+    # on a host with no record yet, probed with the release's interpreter
+    result = playbook(VARS_PLAY + TASKS.format(role=ROLE, template=template, dest=dest),
+                      extra_vars=dict(_pytorch_backend_probe=decided(facts), **extra))
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return dest.read_text()
 

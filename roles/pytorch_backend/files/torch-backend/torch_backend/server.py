@@ -79,7 +79,7 @@ class App:
         self.capacity = config.workers + config.queue_size
         # Since when every slot has been taken (None: a slot is free).
         self.full_since: Optional[float] = None
-        self._last_reason: Optional[str] = "loading models"
+        self._last_reason: Optional[str] = None
         self.guard = limits.Guard(limits.connection_cap(config.max_connections),
                                   config.header_timeout, config.idle_timeout, self.metrics)
         m = self.metrics
@@ -130,12 +130,14 @@ class App:
         """not_ready_reason(), logging each change once a model is loaded (the
         journal then says when and why a load balancer took the host out)."""
         why = self.not_ready_reason()
-        if why != self._last_reason and self.loaded:
+        if not self.loaded or self.draining:
+            return why
+        if why != self._last_reason:
             if why is None:
                 log.info("ready again")
-            elif not self.draining:
+            else:
                 log.warning("not ready: %s", why)
-        self._last_reason = why
+            self._last_reason = why
         return why
 
     @property
@@ -323,12 +325,19 @@ class Service:
 
     async def _serve(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.app.pool.on_orphan_done = lambda: self.loop.call_soon_threadsafe(self.app.hand_over)
+        self.app.pool.on_orphan_done = self._orphan_done
         started = asyncio.ensure_future(self.server.serve([self.sock]))
         while not self.server.started and not started.done():
             await asyncio.sleep(0.01)
         self._serving.set()
         await started
+
+    def _orphan_done(self) -> None:
+        """From a worker: a forward pass nobody waits for ended; its slot is free."""
+        try:
+            self.loop.call_soon_threadsafe(self.app.hand_over)
+        except RuntimeError:
+            pass   # the event loop has ended (stopping): nobody is waiting
 
     def install_signal_handlers(self) -> None:
         def on_signal(signum, _frame):

@@ -62,8 +62,8 @@ class ModuleRun:
         return "ModuleRun(args=%r, rc=%r, elapsed=%.1f)" % (self.args, self.rc, self.elapsed)
 
 
-def run_module(tmp_path, args, module_python=VENV_PYTHON, env=None, check_mode=False):
-    """Run nnpack_facts like Ansible runs a module: arguments file in, JSON out."""
+def run_module(tmp_path, args, module_python=VENV_PYTHON, env=None, check_mode=False, module=MODULE):
+    """Run a module of the role (nnpack_facts unless told) like Ansible runs one: arguments file in, JSON out."""
     module_args = dict(args)
     if check_mode:
         module_args["_ansible_check_mode"] = True
@@ -73,7 +73,7 @@ def run_module(tmp_path, args, module_python=VENV_PYTHON, env=None, check_mode=F
     run_env.pop("PYTHONPATH", None)
     run_env.update(env or {})
     started = time.monotonic()
-    proc = subprocess.run([str(module_python), "-B", "-c", RUN_MODULE, str(MODULE), str(args_file)],
+    proc = subprocess.run([str(module_python), "-B", "-c", RUN_MODULE, str(module), str(args_file)],
                           capture_output=True, text=True, env=run_env, timeout=900)
     return ModuleRun(proc, time.monotonic() - started, module_args)
 
@@ -141,3 +141,42 @@ def role_record(facts):
         "available": facts["available"],
         "use_nnpack": "" if facts["available"] is True else "0",
     }
+
+
+def module_docs(module=MODULE):
+    """DOCUMENTATION and RETURN of a module of the role, parsed (without importing it)."""
+    import ast
+
+    import yaml
+
+    docs = {}
+    for node in ast.parse(Path(module).read_text()).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in ("DOCUMENTATION", "RETURN"):
+            docs[node.targets[0].id] = yaml.safe_load(node.value.value)
+    return docs
+
+
+def assert_options_documented(monkeypatch, module=MODULE):
+    """What validate-modules checks (doc-default/type/elements/required vs argument_spec), in the suite:
+    the module's main() is run up to its AnsibleModule(...) call, whose arguments are compared."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("%s_under_test" % Path(module).stem, module)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+
+    class Captured(Exception):
+        pass
+
+    def capture(argument_spec, **kwargs):
+        raise Captured(argument_spec, kwargs)
+    monkeypatch.setattr(loaded, "AnsibleModule", capture)
+    with pytest.raises(Captured) as caught:
+        loaded.main()
+    argument_spec, kwargs = caught.value.args
+    assert kwargs == {"supports_check_mode": True}
+    options = module_docs(module)["DOCUMENTATION"]["options"]
+    assert set(options) == set(argument_spec)
+    for name, arg in argument_spec.items():
+        for key in ("type", "default", "elements", "required"):
+            assert options[name].get(key) == arg.get(key), (name, key)

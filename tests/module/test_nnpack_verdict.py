@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nnpack_facts_helpers import import_module_utils
+from nnpack_facts_helpers import assert_options_documented, import_module_utils, module_docs
 
 verdict_rules = import_module_utils("nnpack_verdict")
 nnpack_run = import_module_utils("nnpack_run")
@@ -76,48 +76,12 @@ def test_cases_have_unique_ids():
     assert len(ids) == len(set(ids))
 
 
-def _module_docs():
-    import ast
-
-    from nnpack_facts_helpers import MODULE
-
-    docs = {}
-    for node in ast.parse(MODULE.read_text()).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in ("DOCUMENTATION", "RETURN"):
-            docs[node.targets[0].id] = yaml.safe_load(node.value.value)
-    return docs
-
-
 def test_documented_return_keys_are_the_facts():
     """RETURN documents every fact key and no other (the docs were condensed: keep them whole)."""
-    documented = _module_docs()["RETURN"]["ansible_facts"]["contains"]["nnpack"]["contains"]
+    documented = module_docs()["RETURN"]["ansible_facts"]["contains"]["nnpack"]["contains"]
     assert set(documented) == ALWAYS | SOMETIMES
     assert documented["status"]["choices"] == list(verdict_rules.STATUSES)
 
 
 def test_documented_options_match_argument_spec(monkeypatch):
-    """What validate-modules checks (doc-default/type/elements vs argument_spec), in the suite."""
-    import importlib.util
-
-    from nnpack_facts_helpers import MODULE
-
-    spec = importlib.util.spec_from_file_location("nnpack_facts_under_test", MODULE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
-    class Captured(Exception):
-        pass
-
-    def capture(argument_spec, **kwargs):
-        raise Captured(argument_spec, kwargs)
-    monkeypatch.setattr(module, "AnsibleModule", capture)
-    with pytest.raises(Captured) as caught:
-        module.main()
-    argument_spec, kwargs = caught.value.args
-    assert kwargs == {"supports_check_mode": True}
-    options = _module_docs()["DOCUMENTATION"]["options"]
-    assert set(options) == set(argument_spec)
-    for name, arg in argument_spec.items():
-        doc = options[name]
-        for key in ("type", "default", "elements"):
-            assert doc.get(key) == arg.get(key), (name, key)
+    assert_options_documented(monkeypatch)

@@ -4,8 +4,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The NNPACK probe child: the program nnpack_facts runs with the interpreter it probes.
 
-It is never imported to do its work: nnpack_run.py sends this file's source (and that
-of cpu_identity.py) to ``PYTHON -c`` (see nnpack_run.child_command), so the probed
+It is never imported to do its work: nnpack_run.py sends this file's source (and those
+of cpu_identity.py and nnpack_rules.py) to ``PYTHON -c`` (see nnpack_run.child_command), so the probed
 interpreter needs nothing but the standard library and, for the NNPACK part, torch.
 It can also be run by hand from this directory:
 ``PYTHON nnpack_probe.py [--evidence-only] [--no-cpuid]``.
@@ -31,8 +31,9 @@ def emit(rec):
     sys.stdout.flush()
 
 
-def probe(identity, args):
-    """Gather CPU evidence with ``identity`` (the cpu_identity module), then ask torch."""
+def probe(identity, rules, args):
+    """Gather CPU evidence with ``identity`` (the cpu_identity module), then ask torch; ``rules``
+    is the nnpack_rules module, which reads torch's answers as the service does."""
     rec = identity.gather(use_cpuid="--no-cpuid" not in args, progress=emit)
     emit(rec)
     if "--evidence-only" in args:
@@ -72,7 +73,7 @@ def probe(identity, args):
     rec["nnpack_available"] = available
     if not available:
         try:
-            rec["nnpack_built"] = "NNPACK is enabled" in torch.__config__.show()
+            rec["nnpack_built"] = rules.built_with_nnpack(torch.__config__.show())
         except Exception:
             rec["nnpack_built"] = None
     rec["stage"] = "done"
@@ -80,8 +81,9 @@ def probe(identity, args):
 
 
 if __name__ == "__main__":
-    # Run by hand: cpu_identity.py sits beside this file. Run by nnpack_facts: the
-    # bootstrap of nnpack_run.child_command has put it into sys.modules already.
+    # Run by hand: cpu_identity.py and nnpack_rules.py sit beside this file. Run by nnpack_facts:
+    # the bootstrap of nnpack_run.child_command has put them into sys.modules already.
     import cpu_identity
+    import nnpack_rules
 
-    probe(cpu_identity, sys.argv[1:])
+    probe(cpu_identity, nnpack_rules, sys.argv[1:])

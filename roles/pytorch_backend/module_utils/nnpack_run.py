@@ -13,21 +13,23 @@ import subprocess
 import sys
 import time
 
-from ansible.module_utils import cpu_identity, nnpack_probe
+from ansible.module_utils import cpu_identity, nnpack_probe, nnpack_rules
 from ansible.module_utils.nnpack_verdict import has_evidence
 
 # seconds for the evidence-only child (no torch): it reads /proc, /sys and CPUID
 EVIDENCE_TIMEOUT = 60
 
-# The child is `PYTHON -c BOOTSTRAP [args]`: the bootstrap makes cpu_identity.py importable
-# as `cpu_identity` and runs nnpack_probe.py as __main__, both from their source text, so the
-# probed interpreter needs neither Ansible nor these files on disk. The sources are read
+# The child is `PYTHON -c BOOTSTRAP [args]`: the bootstrap makes cpu_identity.py and
+# nnpack_rules.py importable under their names and runs nnpack_probe.py as __main__, all
+# from their source text, so the probed interpreter needs neither Ansible nor these files
+# on disk. The sources are read
 # through the modules' loaders: inside the AnsiballZ zip that is zipimport, from a checkout
 # the file.
 _BOOTSTRAP = (
     "import sys, types\n"
-    "m = sys.modules['cpu_identity'] = types.ModuleType('cpu_identity')\n"
-    "exec(compile(%r, 'cpu_identity.py', 'exec'), m.__dict__)\n"
+    "for name, text in ((%r, %r), (%r, %r)):\n"
+    "    m = sys.modules[name] = types.ModuleType(name)\n"
+    "    exec(compile(text, name + '.py', 'exec'), m.__dict__)\n"
     "exec(compile(%r, 'nnpack_probe.py', 'exec'), {'__name__': '__main__'})\n"
 )
 
@@ -43,7 +45,8 @@ def source_of(module):
 
 def child_command(prefix, python, args=()):
     """argv of the probe child: [*prefix, python, -c, BOOTSTRAP, *args]."""
-    bootstrap = _BOOTSTRAP % (source_of(cpu_identity), source_of(nnpack_probe))
+    bootstrap = _BOOTSTRAP % ("cpu_identity", source_of(cpu_identity), "nnpack_rules", source_of(nnpack_rules),
+                              source_of(nnpack_probe))
     return list(prefix) + [python, "-c", bootstrap] + list(args)
 
 

@@ -12,15 +12,13 @@ runs a process or reads a file, so tests/module/verdict_cases.yml tests it as a 
 
 from __future__ import annotations
 
-import re
 import signal
 
 from ansible.module_utils.cpu_identity import FLAGS, _yn, fingerprint
+from ansible.module_utils.nnpack_rules import find_warning
 
 STATUSES = ("supported", "unsupported_hardware", "not_built", "cpuinfo_failed", "torch_missing", "probe_failed")
 EVIDENCE_STAGES = ("evidence", "torch", "done")
-
-_NNPACK_RE = re.compile(r"Could not initialize NNPACK! Reason: (.*?)\s*$")
 
 EVIDENCE_KEYS = (
     "cpu_vendor", "cpu_model", "cpu_family", "cpu_model_number", "cpu_stepping", "architecture",
@@ -46,14 +44,6 @@ def signal_name(num):
         return signal.Signals(num).name
     except (ValueError, AttributeError):
         return "signal %d" % num
-
-
-def find_nnpack_message(stderr):
-    for line in stderr.splitlines():
-        match = _NNPACK_RE.search(line)
-        if match:
-            return line.strip(), match.group(1)
-    return None, None
 
 
 def stderr_tail(stderr, lines=6, limit=1200):
@@ -232,7 +222,7 @@ def _probe_failure(facts, python, timeout, res, stage):
 
 def classify(facts, python, timeout, res, rec):
     """Set available, status, reason (and nnpack_message, probe_stderr_tail) in facts."""
-    facts["nnpack_message"], msg_reason = find_nnpack_message(res["stderr"])
+    facts["nnpack_message"], msg_reason = find_warning(res["stderr"])
     stage = rec.get("stage") if rec else None
     if stage == "done" and "nnpack_available" in rec:
         _torch_answered(facts, rec, res, msg_reason)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import re
 import select
 import signal
 import sys
@@ -35,8 +34,9 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from . import nnpack_rules
+
 PROBE_TIMEOUT_S = 120.0
-_REASON_RE = re.compile(r"Could not initialize NNPACK! Reason: ([^\r\n]*)")
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,9 @@ def probe(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
     if status == b"1":
         return True, "probe: NNPACK initialized"
     if status == b"0":
-        match = _REASON_RE.search(stderr)
-        if match:
-            return False, f"probe: {match.group(1).strip().rstrip('.')}"
+        _, reason = nnpack_rules.find_warning(stderr)
+        if reason is not None:
+            return False, f"probe: {reason.rstrip('.')}"
         # No warning: a torch built without NNPACK (Debian's python3-torch) says no silently.
         if not built_with_nnpack():
             return False, "probe: this torch was built without NNPACK"
@@ -123,7 +123,7 @@ def built_with_nnpack() -> bool:
     """Whether this torch has NNPACK compiled in (its build summary says so)."""
     import torch
 
-    return "NNPACK is enabled" in torch.__config__.show()
+    return nnpack_rules.built_with_nnpack(torch.__config__.show())
 
 
 def decide(use_nnpack: Optional[str], probe_fn=probe) -> Decision:

@@ -1,0 +1,1 @@
+../files/torch-backend/torch_backend/nnpack_rules.py

@@ -91,3 +91,16 @@ def url(host: str, port: int) -> str:
 def local_url(host: str, port: int) -> str:
     """The URL a client on the same machine reaches a server bound to `host`:`port` at."""
     return url(local_host(host), port)
+
+
+def listen_stream(host: str, port: int) -> str:
+    """systemd's ListenStream= for a server bound to `host`:`port` ("" for a host name other
+    than localhost: systemd binds addresses, it resolves no names). `::` stays dual stack
+    (the socket unit says BindIPv6Only=both), as the service's own bind of `::` is."""
+    ip = _ip(host)
+    if ip is None:
+        if host not in _LOOPBACK_NAMES:
+            return ""
+        ip = ipaddress.ip_address("127.0.0.1")
+    shown = f"[{ip}]" if ip.version == 6 else str(ip)
+    return f"{shown}:{int(port)}"

@@ -6,11 +6,12 @@ thread; inference runs in the bounded WorkerPool, JSON decoding and encoding in
 a few codec threads. Routes (Open Inference Protocol, KServe v2):
 
     GET  /v2/health/live            200 while the process runs
-    GET  /v2/health/ready           200 once models are loaded and warmed, else 503
+    GET  /v2/health/ready           200 when the host can take work (App.not_ready_reason)
     GET  /v2                        server metadata (+ "nnpack", "cpu_drift", "release",
-                                    "config_digest", "conv_backends": per model)
+                                    "config_digest", "conv_backends": per model, "socket",
+                                    "drain_seconds", "request_deadline_seconds")
     GET  /v2/models/{name}          model metadata (+ "conv_backends": per layer)
-    GET  /v2/models/{name}/ready    200 / 503 / 404
+    GET  /v2/models/{name}/ready    per model: 200 / 503 / 404 (App.model_not_ready_reason)
     POST /v2/models/{name}/infer    JSON or binary tensor data
          /v2/models/{name}/versions/{v}[/ready|/infer]   the same, for a listed version
     GET  /metrics                   Prometheus text format

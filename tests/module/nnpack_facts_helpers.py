@@ -131,16 +131,8 @@ def import_module_utils(name):
 
 
 def role_record(facts):
-    """The CPU record the role writes from nnpack facts (tasks/steps/decide.yml, `_pb_new`)."""
-    return {
-        "fingerprint": facts["fingerprint"],
-        "cpu_model": facts["cpu_model"],
-        "cpu_flags": {k: v for k, v in (facts["cpu_flags"] or {}).items() if k in ("avx", "avx2", "fma", "avx512f")},
-        "cpu_capability": facts["torch_cpu_capability"],
-        "status": facts["status"],
-        "available": facts["available"],
-        "use_nnpack": "" if facts["available"] is True else "0",
-    }
+    """The CPU record the role writes from nnpack facts whose probe decided (cpu_record.make_record)."""
+    return import_module_utils("cpu_record").make_record(facts, facts["available"])
 
 
 def module_docs(module=MODULE):

@@ -2,8 +2,8 @@
 
 Each pair of cpu_pairs.yml goes through both sides' own code:
   * the role: the module's fact building (module_utils/nnpack_verdict.py, imported as Ansible
-    imports it) gives each CPU its fingerprint, compared as tasks/steps/decide.yml and
-    tasks/audit.yml compare them;
+    imports it) gives each CPU its fingerprint, and cpu_record.same_cpu (the rule the module's
+    decision applies) compares the records;
   * the service: drift.compare of the record the role writes for the first CPU (as decide.yml
     shapes it) with drift.describe of the second, as the service describes the CPU it starts on.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from torch_backend import cpu_identity, drift
+from torch_backend import cpu_identity, cpu_record, drift
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module"))
 from nnpack_facts_helpers import MODULE_UTILS, import_module_utils, role_record  # noqa: E402
@@ -49,6 +49,10 @@ def test_one_file_serves_both_sides():
     assert link.is_symlink()
     assert os.path.realpath(link) == os.path.realpath(cpu_identity.__file__)
     assert os.path.realpath(import_module_utils("cpu_identity").__file__) == os.path.realpath(cpu_identity.__file__)
+    record_link = MODULE_UTILS / "cpu_record.py"
+    assert record_link.is_symlink()
+    assert os.path.realpath(import_module_utils("cpu_record").__file__) == os.path.realpath(cpu_record.__file__)
+    assert drift.load_record is cpu_record.load_record and drift.FLAGS == cpu_record.RECORD_FLAGS
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=[p["id"] for p in PAIRS])
@@ -57,6 +61,8 @@ def test_role_and_service_agree_on_same_cpu(pair):
 
     old_facts, new_facts = module_facts(old_ev), module_facts(new_ev)
     role_same = old_facts["fingerprint"] == new_facts["fingerprint"]
+    # the rule the role's decision applies to the record it wrote and the CPU it probes now
+    assert cpu_record.same_cpu(role_record(old_facts), role_record(new_facts)) is role_same
 
     current = drift.describe(new_ev, new_ev["torch_cpu_capability"])
     differences = drift.compare(role_record(old_facts), current)

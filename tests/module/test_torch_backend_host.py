@@ -23,7 +23,7 @@ from nnpack_facts_helpers import (LIBRARY, VENV_PYTHON, assert_options_documente
 MODULE = LIBRARY / "torch_backend_host.py"
 KEYS = {"current", "previous", "complete", "user", "group", "account_marker", "dirs", "enabled", "active",
         "need_reload", "venv", "wheels", "mem_available_mb", "digest", "files", "secret", "secret_keys",
-        "secret_newer", "served", "served_release", "served_digest"}
+        "secret_newer", "served", "served_release", "served_digest", "units"}
 MISSING = {"signature": "", "content": ""}
 
 ENV_TEXT = "TORCH_BACKEND_PORT=8080\nUSE_NNPACK=0\nTORCH_BACKEND_CONFIG_DIGEST=0123456789abcdef\n"
@@ -270,8 +270,14 @@ STAND_IN = r"""#!/bin/sh
 d=$(dirname "$0")
 echo "LC_ALL=$LC_ALL $*" >> "$d/calls"
 case "$1" in
-  is-enabled) cat "$d/enabled"; exit 0 ;;
-  is-active) cat "$d/active"; [ "$(cat "$d/active")" = active ] ;;
+  is-enabled|is-active)
+    # one word a unit, from WORD.UNIT beside it, else WORD; is-active: 0 when one is active
+    word=${1#is-}; shift; rc=1
+    for unit; do
+      f="$d/$word.$unit"; [ -f "$f" ] || f="$d/$word"
+      cat "$f"; [ "$(cat "$f")" = active ] && rc=0
+    done
+    [ "$word" = enabled ] || exit $rc ;;
   show)
     case "$*" in
       *NeedDaemonReload*) cat "$d/need_reload" ;;
@@ -313,6 +319,26 @@ def test_unit_state_stand_in(tmp_path, systemctl):
     assert "LC_ALL=C show --property=NeedDaemonReload --value torch-backend.service" in calls
 
 
+def test_more_units_stand_in(tmp_path, systemctl):
+    args = dict(build(tmp_path, DEPLOYED), systemctl=systemctl.path,
+                units={"socket": "torch-backend.socket", "timer": "torch-backend-prune.timer"})
+    (tmp_path / "torch-backend.socket").write_text("[Socket]\nListenStream=127.0.0.1:8080\n")
+    systemctl(**{"active.torch-backend.socket": "active", "enabled.torch-backend.socket": "enabled",
+                 "active.torch-backend-prune.timer": "inactive", "enabled.torch-backend-prune.timer": "disabled"})
+    got = host(tmp_path, args)
+    assert got["units"] == {"socket": {"active": "active", "enabled": "enabled"},
+                            "timer": {"active": "inactive", "enabled": "disabled"}}
+    assert got["files"]["socket"] == file_state("[Socket]\nListenStream=127.0.0.1:8080\n")
+    assert got["files"]["timer"] == MISSING
+    assert (got["active"], got["files"]["unit"]) == ("active", file_state(UNIT_TEXT))
+
+
+def test_more_units_without_systemd(tmp_path):
+    got = host(tmp_path, dict(build(tmp_path, DEPLOYED), units={"socket": "torch-backend.socket"}))
+    assert got["units"] == {"socket": {"active": "", "enabled": ""}}
+    assert set(got["files"]) == {"env", "record", "unit", "socket"}
+
+
 SECRET_CASES = [
     # (id, seconds the secret file is newer than the start, unit active, systemd answers, expected)
     ("secret changed after the start", 100, "active", {"since": "@START"}, True),
@@ -347,43 +373,50 @@ def test_no_secret_file_is_never_newer_stand_in(tmp_path, systemctl):
 # --- what the running service serves: a real HTTP server on loopback ------------------------------
 
 @pytest.fixture
-def service():
-    """A loopback HTTP server; `service.answer = (status, body)` sets what GET /v2 returns."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            status, body = (server.answer if self.path == "/v2" else (404, b"{}"))
+def service(tmp_path):
+    """A loopback HTTP server of the files in a directory; `service.answer(text)` is what GET /v2
+    returns (None: no /v2, so 404)."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_request(self, *args):
             server.paths.append(self.path)
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
         def log_message(self, *args):
             pass
 
+    def answer(text):
+        if text is None:
+            (root / "v2").unlink()
+        else:
+            (root / "v2").write_text(text)
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.answer, server.paths = (200, b"{}"), []
+    server.answer, server.paths = answer, []
     server.url = "http://127.0.0.1:%d" % server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    answer("{}")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
     server.server_close()
 
 
 SERVED_CASES = [
-    ("serving", 200, {"release": "r2", "config_digest": "0123456789abcdef", "name": "x"}, (True, "r2", "0123456789abcdef")),
-    ("serving without release or digest", 200, {"release": None}, (True, "", "")),
-    ("error status", 503, {"release": "r2"}, (False, "", "")),
-    ("not JSON", 200, "<html>", (False, "", "")),
-    ("JSON but no object", 200, ["r2"], (False, "", "")),
+    ("serving", {"release": "r2", "config_digest": "0123456789abcdef", "name": "x"}, (True, "r2", "0123456789abcdef")),
+    ("serving without release or digest", {"release": None}, (True, "", "")),
+    ("no /v2 (404)", None, (False, "", "")),
+    ("not JSON", "<html>", (False, "", "")),
+    ("JSON but no object", ["r2"], (False, "", "")),
 ]
 
 
-@pytest.mark.parametrize("name,status,body,expected", SERVED_CASES, ids=[c[0] for c in SERVED_CASES])
-def test_served_stand_in(tmp_path, systemctl, service, name, status, body, expected):
-    service.answer = (status, (body if isinstance(body, str) else json.dumps(body)).encode())
+@pytest.mark.parametrize("name,body,expected", SERVED_CASES, ids=[c[0] for c in SERVED_CASES])
+def test_served_stand_in(tmp_path, systemctl, service, name, body, expected):
+    service.answer(body if body is None or isinstance(body, str) else json.dumps(body))
     got = host(tmp_path, dict(build(tmp_path, DEPLOYED), systemctl=systemctl.path, url=service.url))
     assert (got["served"], got["served_release"], got["served_digest"]) == expected
     assert service.paths == ["/v2"]
@@ -404,7 +437,7 @@ def test_nothing_listening_stand_in(tmp_path, systemctl, service):
 
 
 def test_a_proxy_in_the_environment_is_not_used_stand_in(tmp_path, systemctl, service):
-    service.answer = (200, b'{"release": "r2", "config_digest": "d"}')
+    service.answer('{"release": "r2", "config_digest": "d"}')
     env = {"http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
     got = host(tmp_path, dict(build(tmp_path, DEPLOYED), systemctl=systemctl.path, url=service.url), env=env)
     assert got["served"] is True

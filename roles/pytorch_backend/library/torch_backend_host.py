@@ -64,6 +64,13 @@ options:
     description: The systemd service name.
     type: str
     default: torch-backend.service
+  units:
+    description:
+      - More units of the service, by key (e.g. C(socket) for C(torch-backend.socket)); each unit file, in the
+        directory of O(unit_path), is read as RV(host.files) reads the main unit's, under the same key, and the
+        unit's state goes into RV(host.units). One C(systemctl is-active) and one C(is-enabled) ask for all.
+    type: dict
+    default: {}
   unit_path:
     description: The unit file; default C(/etc/systemd/system/) followed by O(unit).
     type: path
@@ -176,7 +183,8 @@ host:
       description: The value of O(env_file)'s first C(TORCH_BACKEND_CONFIG_DIGEST=) line, V('') when none.
       type: str
     files:
-      description: The managed files C(env) (O(env_file)), C(record) (O(record_file)) and C(unit) (O(unit_path)).
+      description: The managed files C(env) (O(env_file)), C(record) (O(record_file)) and C(unit) (O(unit_path)), and
+        each unit of O(units) under its key.
       type: dict
       contains:
         signature:
@@ -186,6 +194,10 @@ host:
         content:
           description: The file's content, base64-encoded, to put back if what replaces it fails; V('') when missing.
           type: str
+    units:
+      description: For each unit of O(units), by its key, C(systemctl is-active) and C(is-enabled) (V('') where nothing answered).
+      type: dict
+      sample: {socket: {active: active, enabled: enabled}}
     secret:
       description: O(secret_env_file) exists.
       type: bool
@@ -244,6 +256,14 @@ class Host:
     def systemctl(self, *args):
         rc, out = self.run([self.params["systemctl"]] + list(args) + [self.params["unit"]])
         return rc, out.strip()
+
+    def states(self, command, names):
+        """systemctl COMMAND for each unit in `names` at once: its word per unit ('' where none)."""
+        if not names:
+            return []
+        _, out = self.run([self.params["systemctl"], command] + list(names))
+        words = out.splitlines()
+        return [(words[i].strip() if i < len(words) else "") for i in range(len(names))]
 
     def active_since(self):
         """The unit's ActiveEnterTimestamp in seconds since the epoch, or None."""
@@ -387,6 +407,7 @@ def gather(module):
         "digest": config_digest(p["env_file"]),
         "files": {"env": file_state(p["env_file"]), "record": file_state(p["record_file"]),
                   "unit": file_state(unit_path)},
+        "units": {},
         "secret": False,
         "secret_keys": [],
         "secret_newer": False,
@@ -394,6 +415,11 @@ def gather(module):
         "served_release": "",
         "served_digest": "",
     }
+    extra = sorted(p["units"].items())
+    names = [name for _, name in extra]
+    for (key, name), act, ena in zip(extra, host.states("is-active", names), host.states("is-enabled", names)):
+        state["files"][key] = file_state(os.path.join(os.path.dirname(unit_path), name))
+        state["units"][key] = {"active": act, "enabled": ena}
     secret = p["secret_env_file"]
     if os.path.isfile(secret):
         state["secret"] = True
@@ -408,23 +434,24 @@ def gather(module):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            base_dir=dict(type="path", required=True),
-            release=dict(type="path", default=""),
-            user=dict(type="str", default="torch-backend"),
-            group=dict(type="str", default="torch-backend"),
-            account_marker=dict(type="path", default=""),
-            env_file=dict(type="path", required=True),
-            record_file=dict(type="path", required=True),
-            secret_env_file=dict(type="path", required=True),
-            fact_file=dict(type="path", required=True),
-            unit=dict(type="str", default="torch-backend.service"),
-            unit_path=dict(type="path"),
-            python=dict(type="path", default="/usr/bin/python3"),
-            wheelhouse_dir=dict(type="path", default=""),
-            url=dict(type="str", default=""),
-            systemctl=dict(type="str", default="systemctl"),
-        ),
+        argument_spec={
+            "base_dir": {"type": "path", "required": True},
+            "release": {"type": "path", "default": ""},
+            "user": {"type": "str", "default": "torch-backend"},
+            "group": {"type": "str", "default": "torch-backend"},
+            "account_marker": {"type": "path", "default": ""},
+            "env_file": {"type": "path", "required": True},
+            "record_file": {"type": "path", "required": True},
+            "secret_env_file": {"type": "path", "required": True},
+            "fact_file": {"type": "path", "required": True},
+            "unit": {"type": "str", "default": "torch-backend.service"},
+            "unit_path": {"type": "path"},
+            "units": {"type": "dict", "default": {}},
+            "python": {"type": "path", "default": "/usr/bin/python3"},
+            "wheelhouse_dir": {"type": "path", "default": ""},
+            "url": {"type": "str", "default": ""},
+            "systemctl": {"type": "str", "default": "systemctl"},
+        },
         supports_check_mode=True,
     )
     module.exit_json(changed=False, host=gather(module))

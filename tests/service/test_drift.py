@@ -2,8 +2,9 @@
 
 Pure tests of the comparison, then real servers on 127.0.0.1 (native CPU), and
 one optional emulated run (qemu-user, -cpu Nehalem). The record for this host
-is the one the role would write: facts of a real nnpack_facts run, shaped as
-tasks/steps/decide.yml shapes them (test_same_cpu.py has the table of CPU pairs).
+is the one the role would write: facts of a real nnpack_facts run, shaped by
+cpu_record.make_record as the module's decision shapes them (test_same_cpu.py has
+the table of CPU pairs).
 """
 
 import functools
@@ -44,7 +45,7 @@ def _this_host_facts():
 
 
 def this_host_record(**overrides):
-    """What the role records for this host: a real nnpack_facts run (once), as decide.yml shapes it."""
+    """What the role records for this host: a real nnpack_facts run (once), shaped by cpu_record.make_record."""
     record = role_record(json.loads(_this_host_facts()))
     record.update(overrides)
     return record

@@ -4,8 +4,8 @@ Each pair of cpu_pairs.yml goes through both sides' own code:
   * the role: the module's fact building (module_utils/nnpack_verdict.py, imported as Ansible
     imports it) gives each CPU its fingerprint, and cpu_record.same_cpu (the rule the module's
     decision applies) compares the records;
-  * the service: drift.compare of the record the role writes for the first CPU (as decide.yml
-    shapes it) with drift.describe of the second, as the service describes the CPU it starts on.
+  * the service: drift.compare of the record the role writes for the first CPU
+    (cpu_record.make_record) with drift.describe of the second, as the service describes the CPU it starts on.
 """
 import copy
 import os

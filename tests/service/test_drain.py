@@ -27,11 +27,13 @@ def start_slow(tmp_path, **env):
 
 
 def test_what_cannot_finish_within_the_drain_gets_503_not_500(tmp_path, slow_loops_per_second):
-    drain = 1.5
+    drain = 1.0
     srv = start_slow(tmp_path, TORCH_BACKEND_DRAIN_SECONDS=str(drain))
     results, threads = {}, []
     try:
-        loops = int(0.8 * slow_loops_per_second)
+        # 8 x 1.5 s of work by the session's calibration for 1 s of drain: most cannot
+        # finish, even on a machine much faster now than when it was calibrated.
+        loops = int(1.5 * slow_loops_per_second)
         for i in range(8):
             threads.append(in_background(srv, loops, results, i))
         wait_for(lambda: srv.metric("torch_backend_queue_depth") == 7, what="7 queued")
@@ -43,7 +45,7 @@ def test_what_cannot_finish_within_the_drain_gets_503_not_500(tmp_path, slow_loo
         stopped_after = time.monotonic() - start
         statuses = [results[i][0] for i in range(8)]
         assert 500 not in statuses and set(statuses) <= {200, 503}, statuses
-        assert statuses.count(200) >= 1 and statuses.count(503) >= 3, statuses
+        assert statuses.count(503) >= 3, statuses
         for status, headers, body in results.values():
             if status == 503:
                 assert headers.get("retry-after") == "1", headers
@@ -58,49 +60,62 @@ def test_what_cannot_finish_within_the_drain_gets_503_not_500(tmp_path, slow_loo
         srv.kill()
 
 
-def test_idle_keep_alive_connections_get_an_answer_or_a_clean_close(tmp_path,
-                                                                   slow_loops_per_second):
-    """Keep-alive connections idle at SIGTERM, used 0-400 ms after it: each request sent
-    is answered (Connection: close), or the connection was closed before we sent."""
-    srv = start_slow(tmp_path, TORCH_BACKEND_DRAIN_SECONDS="5")
+def test_keep_alive_connections_at_sigterm_get_an_answer_or_a_clean_close(
+        tmp_path, slow_loops_per_second):
+    """Keep-alive connections open at SIGTERM (a request in flight keeps the drain going):
+    * a request sent just as the signal goes (its bytes may be unread when the drain
+      starts) is answered, with Connection: close;
+    * a request whose headers were partly in is answered once complete;
+    * an idle connection is closed (FIN, no reset) before its client sends again."""
+    srv = start_slow(tmp_path, TORCH_BACKEND_DRAIN_SECONDS="10", TORCH_BACKEND_QUEUE_SIZE="64")
     results = {}
-    conns = []
+    body = json.dumps(SELFTEST_PAYLOAD).encode()
+    request = raw_request(SELFTEST_INFER, body)
+    groups = {"sent": [], "partial": [], "idle": []}
     try:
-        busy = in_background(srv, int(1.5 * slow_loops_per_second), results, "busy")
+        for name, conns in groups.items():
+            for _ in range(12):
+                s = socket.create_connection((srv.host, srv.port), timeout=10)
+                s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert read_response(s)[0] == 200
+                conns.append(s)
+        busy = in_background(srv, int(3 * slow_loops_per_second), results, "busy")
         wait_for(lambda: srv.metric("torch_backend_inference_in_progress") == 1)
-        for _ in range(40):
-            s = socket.create_connection((srv.host, srv.port), timeout=10)
-            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert read_response(s)[0] == 200
-            conns.append(s)
+        for s in groups["partial"]:
+            s.sendall(request[:20])
+        time.sleep(0.2)
+        for s in groups["sent"]:
+            s.sendall(request)   # on loopback: in the server's receive queue on return
         srv.proc.send_signal(15)
-        sent_at = time.monotonic()
-        outcomes = []
-        body = json.dumps(SELFTEST_PAYLOAD).encode()
-        for i, s in enumerate(conns):
-            time.sleep(max(0.0, sent_at + i * 0.01 - time.monotonic()))
-            readable, _, _ = select.select([s], [], [], 0)
-            if readable and s.recv(1, socket.MSG_PEEK) == b"":
-                outcomes.append("closed before send")
-                continue
-            s.sendall(raw_request(SELFTEST_INFER, body))
+        time.sleep(0.5)          # the drain has begun
+        for s in groups["partial"]:
+            s.sendall(request[20:])
+        outcomes = {}
+        for name in ("sent", "partial"):
+            for s in groups[name]:
+                try:
+                    status, headers, _ = read_response(s, timeout=20)
+                    outcomes.setdefault(name, []).append(
+                        status if headers.get("connection") == "close" else (status, headers))
+                except OSError as exc:
+                    outcomes.setdefault(name, []).append(f"no answer: {exc}")
+        for s in groups["idle"]:
+            readable, _, _ = select.select([s], [], [], 5)
             try:
-                status, headers, _ = read_response(s, timeout=20)
+                outcomes.setdefault("idle", []).append(
+                    "closed" if readable and s.recv(1) == b"" else "open")
             except OSError as exc:
-                outcomes.append(f"no answer: {type(exc).__name__}: {exc}")
-                continue
-            ok = status in (200, 503) and headers.get("connection") == "close"
-            outcomes.append(status if ok else (status, headers))
-        bad = [o for o in outcomes if o not in (200, 503, "closed before send")]
-        assert not bad, outcomes
-        # Both kinds happen: requests already on their way are served, idle ones closed.
-        assert "closed before send" in outcomes and 200 in outcomes, outcomes
+                outcomes.setdefault("idle", []).append(f"reset: {exc}")
+        assert outcomes == {"sent": [200] * 12, "partial": [200] * 12,
+                            "idle": ["closed"] * 12}, outcomes
         busy.join(60)
         assert results["busy"][0] == 200
         assert srv.proc.wait(30) == 0
+        assert "ERROR" not in srv.stderr, srv.stderr
     finally:
-        for s in conns:
-            s.close()
+        for conns in groups.values():
+            for s in conns:
+                s.close()
         srv.kill()
 
 

@@ -33,7 +33,9 @@ def slow_server(tmp_path):
     srv = ServerProcess(tmp_path, {**SLOW_SERVER_ENV,
                                    "TORCH_BACKEND_MODEL_DIR": str(tmp_path / "models"),
                                    "TORCH_BACKEND_WORKERS": "1",
-                                   "TORCH_BACKEND_QUEUE_SIZE": "1"}).start()
+                                   "TORCH_BACKEND_QUEUE_SIZE": "1",
+                                   # refuse at once when full, as this test's "quickly" means
+                                   "TORCH_BACKEND_QUEUE_WAIT_SECONDS": "0"}).start()
     srv.wait_ready()
     yield srv
     srv.kill()

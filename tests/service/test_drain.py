@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import SELFTEST_INFER, SELFTEST_PAYLOAD, SLOW_SERVER_ENV, ServerProcess, write_slow_model
-from test_overload import SLOW_INFER, in_background, raw_request, read_response, slow_body, wait_for
+from test_overload import in_background, raw_request, read_response, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,7 @@ answers health checks.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -22,7 +23,7 @@ import orjson
 from . import limits, logs
 from .protocol import (HEADER_LENGTH, ProtocolError, check_response_size, encode_infer_response,
                        parse_infer)
-from .workers import ClientGone as JobDropped
+from .workers import Dropped as JobDropped
 from .workers import QueueFull
 
 log = logs.get("http")
@@ -232,7 +233,7 @@ class Routes:
     def _log(self, ex: Exchange, seconds: float) -> None:
         """The access log: one line per request, INFO when TORCH_BACKEND_ACCESS_LOG=1,
         DEBUG otherwise (so a service at DEBUG logs every request)."""
-        level = 20 if self.app.config.access_log else 10
+        level = logging.INFO if self.app.config.access_log else logging.DEBUG
         if not access.isEnabledFor(level):
             return
         trace = ex.headers.get("traceparent")

@@ -27,7 +27,7 @@ class QueueFull(Exception):
     pass
 
 
-class ClientGone(Exception):
+class Dropped(Exception):
     """The job's client left before a worker reached it: dropped, not computed."""
 
 
@@ -106,7 +106,7 @@ class WorkerPool:
                 continue
             if not job.wanted():
                 self.dropped += 1
-                future.set_exception(ClientGone())
+                future.set_exception(Dropped())
                 continue
             if not future.set_running_or_notify_cancel():
                 continue

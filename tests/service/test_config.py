@@ -89,7 +89,28 @@ BAD = [
     ("TORCH_BACKEND_IDLE_TIMEOUT", "1m"),
     ("TORCH_BACKEND_MAX_CONNECTIONS", "-1"),
     ("TORCH_BACKEND_MAX_CONNECTIONS", "1000001"),
+    ("TORCH_BACKEND_DRAIN_SECONDS", "-1"),
+    ("TORCH_BACKEND_DRAIN_SECONDS", "nan"),
+    ("TORCH_BACKEND_DRAIN_SECONDS", "10s"),
+    ("TORCH_BACKEND_REQUEST_DEADLINE_SECONDS", "0"),
+    ("TORCH_BACKEND_REQUEST_DEADLINE_SECONDS", "inf"),
+    ("TORCH_BACKEND_QUEUE_WAIT_SECONDS", "61"),
+    ("TORCH_BACKEND_OVERLOAD_GRACE_SECONDS", "soon"),
+    ("TORCH_BACKEND_ACCESS_LOG", "yes"),
+    ("TORCH_BACKEND_ACCESS_LOG", "true"),
 ]
+
+
+def test_drain_deadline_and_access_log_defaults_and_values():
+    cfg = config.load({}, cores=2)
+    assert (cfg.drain_seconds, cfg.request_deadline, cfg.queue_wait, cfg.overload_grace,
+            cfg.access_log) == (10.0, 30.0, 0.5, 2.0, False)
+    cfg = config.load({"TORCH_BACKEND_DRAIN_SECONDS": "0", "TORCH_BACKEND_REQUEST_DEADLINE_SECONDS": "2.5",
+                       "TORCH_BACKEND_QUEUE_WAIT_SECONDS": "0", "TORCH_BACKEND_OVERLOAD_GRACE_SECONDS": "0.5",
+                       "TORCH_BACKEND_ACCESS_LOG": "1"}, cores=2)
+    assert (cfg.drain_seconds, cfg.request_deadline, cfg.queue_wait, cfg.overload_grace,
+            cfg.access_log) == (0.0, 2.5, 0.0, 0.5, True)
+    assert config.load({"TORCH_BACKEND_ACCESS_LOG": ""}, cores=2).access_log is False
 
 
 @pytest.mark.parametrize("variable,value", BAD)

@@ -371,7 +371,8 @@ class Routes:
             except JobDropped:
                 log.debug("dropped a queued request unrun: its client left (request id %s)",
                           ex.request_id)
-                raise HTTPError(503, "client gone", close=True, shed="client_gone") from None
+                raise HTTPError(503, "client gone", RETRY_AFTER, close=True,
+                                shed="client_gone") from None
             except Exception as exc:  # noqa: BLE001
                 log.error("inference failed for model %r: %s: %s", model.name,
                           type(exc).__name__, exc)

@@ -196,9 +196,10 @@ class App:
         self._waiters.append(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(waiter), wait)
-            return True     # _hand_over took the slot for us
+            return True     # hand_over took the slot for us
         except asyncio.TimeoutError:
-            return False
+            # A slot handed over in the same loop turn as the timeout is ours.
+            return waiter.done() and not waiter.cancelled()
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.end_inference()   # handed a slot as we were cancelled: give it back

@@ -1,4 +1,5 @@
-"""Shared helpers of bench/bench-rerun, bench/bench-first-deploy and bench/probe-on-guest.
+"""Shared helpers of the bench/ scripts: running deploys (bench-rerun, bench-first-deploy,
+probe-on-guest) and bench-service's baseline check.
 
 Stdlib only. Runs ansible-playbook with the project's venv and ansible.cfg, streams its output into a
 log file while printing progress lines (the task it is in, every --heartbeat seconds), and parses what
@@ -246,3 +247,28 @@ def print_top(rows: list, total: float, top: int, indent: str = "  ") -> None:
     rest = sum(s for s, _ in rows[top:])
     if rows[top:]:
         print(f"{indent}{rest:7.1f} s {100.0 * rest / total if total else 0:5.1f}%  ({len(rows) - top} other tasks)")
+
+
+# How much slower than the service's own forward pass an in-process baseline may be
+# before a ratio against it says more about the baseline than about the service.
+BASELINE_TOLERANCE = 0.10
+
+
+def baseline_problem(label: str, baseline_s: float | None, forward_s: float | None,
+                     tolerance: float = BASELINE_TOLERANCE) -> str | None:
+    """Why `baseline_s` (the model run in-process, the way the service runs it) cannot be
+    the denominator of an overhead ratio, or None when it can.
+
+    The baseline has nothing to do but the forward pass, so it can be no slower than the
+    same forward pass inside the service (`forward_s`, from the service's own metrics in
+    the same run). When it is, the ratio would credit HTTP with the baseline's losses
+    (a 302 ms baseline against a 73 ms service once printed a p50 ratio of 0.25)."""
+    if forward_s is None or not forward_s > 0:
+        return f"{label}: no forward time from the service to check the baseline against"
+    if baseline_s is None or not baseline_s > 0:
+        return f"{label}: no in-process baseline measured"
+    if baseline_s > forward_s * (1 + tolerance):
+        return (f"{label}: baseline invalid: {baseline_s * 1e3:.3f} ms in-process against "
+                f"{forward_s * 1e3:.3f} ms for the service's own forward pass in the same "
+                f"run ({baseline_s / forward_s:.2f}x, more than {1 + tolerance:.2f}x)")
+    return None

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from . import SERVER_NAME, __version__, activation, config, logs, notify, release
+from . import SERVER_NAME, __version__, activation, config, cpu_budget, logs, notify, release
 
 EXIT_CONFIG, EXIT_MODEL, EXIT_LISTEN = 2, 3, 4
 
@@ -31,6 +31,9 @@ def serve() -> int:
         notify.notify(f"STATUS=configuration error: {exc}")
         return EXIT_CONFIG
     log.setLevel(cfg.log_level)
+    # The throttling GET /v2 reports is counted from here: the torch import and
+    # the warm-ups are the service's own start, and may be throttled too.
+    cpu_stat_start = cpu_budget.read_cpu_stat(cfg.cpu_stat)
     # The socket from systemd, if any, before anything can start a child: the
     # LISTEN_* variables are removed here so that no child believes it is meant.
     try:
@@ -64,18 +67,22 @@ def serve() -> int:
     clamped = f" clamped=[{'; '.join(cfg.clamped)}]" if cfg.clamped else ""
     log.info("starting %s %s: release=%s config_digest=%s nnpack=%s torch=%s cpu_capability=%s "
              "onednn=%s cpu_drift=%s intra_op_threads=%d inter_op_threads=%d workers=%d "
-             "queue_size=%d cores=%d socket=%s drain_seconds=%g request_deadline_seconds=%g%s",
+             "queue_size=%d cpu_budget=%d (affinity=%d quota_cpus=%s from %s) socket=%s "
+             "drain_seconds=%g request_deadline_seconds=%g%s",
              SERVER_NAME, __version__, served_release or "none", cfg.config_digest or "none",
              decision.describe(), torch.__version__, capability,
              "available" if torch.backends.mkldnn.is_available() else "unavailable",
              cpu_drift.word(), cfg.intra_op_threads, cfg.inter_op_threads, cfg.workers,
-             cfg.queue_size, cfg.cores, "systemd" if inherited is not None else "bound",
+             cfg.queue_size, cfg.cores, cfg.affinity,
+             "none" if cfg.quota_cpus is None else f"{cfg.quota_cpus:g}", cfg.budget_source,
+             "systemd" if inherited is not None else "bound",
              cfg.drain_seconds, cfg.request_deadline, clamped)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("cpu now: %s", cpu_drift.current or drift.current_cpu())
 
     service = Service(App(cfg, decision, capability, cpu_drift, served_release,
-                          "systemd" if inherited is not None else "bound"), inherited)
+                          "systemd" if inherited is not None else "bound",
+                          cpu_stat_start=cpu_stat_start), inherited)
     service.install_signal_handlers()
     # The models' names before the first connection: a model still loading is
     # "not ready" (503), a name that is no model "unknown" (404).

@@ -20,7 +20,7 @@ Variables (defaults in brackets):
     TORCH_BACKEND_IDLE_TIMEOUT      [60]    seconds an open connection may stay without a request
     TORCH_BACKEND_MAX_CONNECTIONS   [0]     open connections at most; 0 = 128 below the soft
                                     descriptor limit (RLIMIT_NOFILE), which also caps a larger value
-    TORCH_BACKEND_INTRA_OP_THREADS  [usable cores // workers, at least 1]
+    TORCH_BACKEND_INTRA_OP_THREADS  [CPU budget // workers, at least 1]
     TORCH_BACKEND_INTER_OP_THREADS  [1]
     TORCH_BACKEND_LOG_LEVEL         [INFO]
     TORCH_BACKEND_ACCESS_LOG        [0]     1 = one INFO line per request (at DEBUG: always)
@@ -38,6 +38,11 @@ Variables (defaults in brackets):
     TORCH_BACKEND_CONFIG_DIGEST     [unset]  digest of the configuration the deploy wrote (8-64
                                     lowercase hex digits); reported by GET /v2 and /metrics
                                     so the deploy can tell whether the service started with it
+
+The CPU budget (cpu_budget.read_budget) is the CPUs this process may run on
+(its affinity), capped by its cgroup's CPU quota (cpu.max; systemd's CPUQuota=)
+rounded down, at least 1. Defaults and clamps are sized from it, not from the
+affinity alone: threads beyond the quota are throttled, not run.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from . import listen_address
+from . import cpu_budget, listen_address
 
 DEFAULT_MODEL_DIR = "/var/lib/torch-backend/models"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -91,13 +96,24 @@ class Config:
     cpu_record: Optional[str] = None
     # The deploy's digest of the configuration files; None = not given.
     config_digest: Optional[str] = None
+    # The CPU budget: what workers x intra-op threads must fit in.
     cores: int = 1
-    # Human-readable notes on values that were lowered to fit the cores.
+    # Human-readable notes on values that were lowered to fit the budget.
     clamped: tuple = field(default_factory=tuple)
+    # Where the budget came from (cpu_budget.read_budget): the affinity, the
+    # quota in CPUs (None: none found), the file that set it (or why the
+    # affinity stands), and the cpu.stat beside that quota (None: no quota).
+    affinity: int = 1
+    quota_cpus: Optional[float] = None
+    budget_source: str = ""
+    cpu_stat: Optional[str] = None
+    # TORCH_BACKEND_INTRA_OP_THREADS was set (the value may still have been clamped).
+    intra_op_configured: bool = False
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (cgroup cpusets and taskset included)."""
+    """Cores this process may run on (cgroup cpusets and taskset included); not
+    its quota: load() sizes threads from cpu_budget.read_budget() instead."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux: fall back to the count
@@ -150,10 +166,19 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return raw == "1"
 
 
-def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -> Config:
-    """Read and validate the configuration; raise ConfigError on the first bad value."""
+def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None,
+         budget: Optional[dict] = None) -> Config:
+    """Read and validate the configuration; raise ConfigError on the first bad value.
+
+    The CPU budget is `cores` when given (tests: an affinity of that many CPUs and
+    no quota), else `budget` (a read_budget() result), else this process's own."""
     env = os.environ if env is None else env
-    cores = usable_cores() if cores is None else cores
+    if cores is not None:
+        budget = {"budget": max(1, cores), "affinity": max(1, cores), "quota_cpus": None,
+                  "source": "cores given to config.load", "cpu_stat": None}
+    elif budget is None:
+        budget = cpu_budget.read_budget()
+    cores = budget["budget"]
 
     host = _get(env, "TORCH_BACKEND_HOST") or "127.0.0.1"
     host_problem = listen_address.problem(host)
@@ -175,8 +200,9 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
     idle_timeout = _int(env, "TORCH_BACKEND_IDLE_TIMEOUT", 60, 1, 3600)
     max_connections = _int(env, "TORCH_BACKEND_MAX_CONNECTIONS", 0, 0, 1_000_000)
 
-    intra_default = max(1, cores // workers)
-    intra = _int(env, "TORCH_BACKEND_INTRA_OP_THREADS", intra_default, 1, 4096)
+    intra_configured = _get(env, "TORCH_BACKEND_INTRA_OP_THREADS") is not None
+    intra = _int(env, "TORCH_BACKEND_INTRA_OP_THREADS", 0, 1, 4096)
+    intra = cpu_budget.intra_op_threads(cores, workers, intra)
     inter = _int(env, "TORCH_BACKEND_INTER_OP_THREADS", 1, 1, 4096)
 
     level = (_get(env, "TORCH_BACKEND_LOG_LEVEL") or "INFO").upper()
@@ -204,8 +230,9 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
                           "configuration digest), or empty/unset")
 
     # Each worker runs its own intra-op thread team, so workers x intra is the
-    # number of threads computing at once. More than the cores only adds
-    # context switches and cache thrashing: clamp, and say so at start-up.
+    # number of threads computing at once. More than the budget only adds
+    # context switches and cache thrashing, and beyond a cgroup quota the
+    # kernel throttles them all: clamp, and say so at start-up.
     clamped = []
     if workers > cores:
         clamped.append(f"TORCH_BACKEND_WORKERS {workers}->{cores}")
@@ -227,4 +254,7 @@ def load(env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -
                   access_log=access_log, drain_seconds=drain, request_deadline=deadline,
                   queue_wait=queue_wait, overload_grace=grace,
                   use_nnpack=use_nnpack, cpu_record=cpu_record,
-                  config_digest=config_digest, cores=cores, clamped=tuple(clamped))
+                  config_digest=config_digest, cores=cores, clamped=tuple(clamped),
+                  affinity=budget["affinity"], quota_cpus=budget["quota_cpus"],
+                  budget_source=budget["source"], cpu_stat=budget["cpu_stat"],
+                  intra_op_configured=intra_configured)

@@ -168,6 +168,12 @@ def _periods(text: Optional[str]) -> Optional[Tuple[int, int]]:
     return values["nr_periods"], values["nr_throttled"]
 
 
+def read_cpu_stat(path: Optional[str]) -> Optional[str]:
+    """The text of read_budget()'s "cpu_stat" file, for throttled_share; None for no
+    path (no quota) or a file that cannot be read."""
+    return None if path is None else _read(path)
+
+
 def throttled_share(cpu_stat_text_before: Optional[str],
                     cpu_stat_text_after: Optional[str]) -> Optional[float]:
     """Share of the quota periods between two reads of cpu.stat in which the cgroup was

@@ -9,7 +9,8 @@ a few codec threads. Routes (Open Inference Protocol, KServe v2):
     GET  /v2/health/ready           200 when the host can take work (App.not_ready_reason)
     GET  /v2                        server metadata (+ "nnpack", "cpu_drift", "release",
                                     "config_digest", "conv_backends": per model, "socket",
-                                    "drain_seconds", "request_deadline_seconds")
+                                    "drain_seconds", "request_deadline_seconds", "cpu": the CPU
+                                    budget, the threads sized from it, the throttled share)
     GET  /v2/models/{name}          model metadata (+ "conv_backends": per layer)
     GET  /v2/models/{name}/ready    per model: 200 / 503 / 404 (App.model_not_ready_reason)
     POST /v2/models/{name}/infer    JSON or binary tensor data
@@ -31,7 +32,8 @@ from typing import Deque, Dict, Optional, Set
 
 import uvicorn
 
-from . import SERVER_NAME, __version__, conv_backends, limits, listen_address, logs, notify
+from . import (SERVER_NAME, __version__, conv_backends, cpu_budget, limits, listen_address, logs,
+               notify)
 from .drift import DriftReport
 from .metrics import Metrics
 from .models import Model
@@ -46,14 +48,20 @@ BACKLOG = 1024
 FLUSH_S = limits.LINGER_S + 1.0
 
 
+def _nan_if_none(value: Optional[float]) -> float:
+    return float("nan") if value is None else value
+
+
 class App:
     """State shared by all connections. Only the event-loop thread changes the
     admission and request bookkeeping; readers elsewhere (metrics) only read."""
 
     def __init__(self, config, decision: Decision, cpu_capability: str,
                  cpu_drift: Optional[DriftReport] = None, release: Optional[str] = None,
-                 socket_source: str = "bound"):
+                 socket_source: str = "bound", cpu_stat_start: Optional[str] = None):
         self.config = config
+        # cpu.stat as the process started (None: no quota): throttling is counted from it.
+        self.cpu_stat_start = cpu_stat_start
         # Resolved once at start-up (release.resolve): `current` may have been
         # switched since, which is what the deploy's verifier must notice.
         self.release = release
@@ -105,6 +113,17 @@ class App:
                 "process started with (empty when unknown).",
                 lambda: 1, {"version": __version__, "release": self.release or "",
                             "config_digest": self.config_digest or ""})
+        m.gauge("torch_backend_cpu_budget",
+                "CPUs this process may use: its affinity capped by its cgroup's CPU quota "
+                "(rounded down, at least 1); workers x intra-op threads fit in it.",
+                lambda: config.cores)
+        m.gauge("torch_backend_intra_op_threads", "Intra-op threads per inference worker.",
+                lambda: config.intra_op_threads)
+        # NaN, not 0, when there is no quota: "never throttled" would be a claim.
+        m.gauge("torch_backend_cpu_throttled_share",
+                "Share of the cgroup's CPU quota periods throttled since the service started "
+                "(NaN: no quota or no cpu.stat).",
+                lambda: _nan_if_none(self.throttled_share()))
 
     # --- readiness -----------------------------------------------------------------
 
@@ -156,6 +175,20 @@ class App:
             return f"an inference has been running for more than {self.config.request_deadline:g} s"
         return None
 
+    def throttled_share(self) -> Optional[float]:
+        """Share of quota periods throttled since start-up, or None (no quota)."""
+        if self.config.cpu_stat is None:
+            return None
+        return cpu_budget.throttled_share(self.cpu_stat_start,
+                                          cpu_budget.read_cpu_stat(self.config.cpu_stat))
+
+    def cpu_metadata(self) -> dict:
+        cfg = self.config
+        return {"budget": cfg.cores, "affinity": cfg.affinity, "quota_cpus": cfg.quota_cpus,
+                "source": cfg.budget_source, "intra_op_threads": cfg.intra_op_threads,
+                "inter_op_threads": cfg.inter_op_threads, "workers": cfg.workers,
+                "throttled_share": self.throttled_share()}
+
     def server_metadata(self) -> dict:
         return {
             "name": SERVER_NAME,
@@ -172,6 +205,7 @@ class App:
             "socket": self.socket_source,
             "drain_seconds": self.config.drain_seconds,
             "request_deadline_seconds": self.config.request_deadline,
+            "cpu": self.cpu_metadata(),
         }
 
     # --- admission (event-loop thread only) -----------------------------------------

@@ -45,9 +45,75 @@ def test_intra_default_divides_cores_between_workers():
     assert config.load({"TORCH_BACKEND_WORKERS": "3"}, cores=4).intra_op_threads == 1
 
 
-def test_default_cores_come_from_affinity():
+def test_default_cores_are_the_cpu_budget():
     import os
-    assert config.load({}).cores == len(os.sched_getaffinity(0))
+
+    from torch_backend import cpu_budget
+
+    cfg = config.load({})
+    budget = cpu_budget.read_budget()
+    assert cfg.cores == budget["budget"] <= len(os.sched_getaffinity(0))
+    assert (cfg.affinity, cfg.quota_cpus, cfg.budget_source, cfg.cpu_stat) == \
+        (budget["affinity"], budget["quota_cpus"], budget["source"], budget["cpu_stat"])
+
+
+def _budget(budget, affinity=4, quota=None):
+    return {"budget": budget, "affinity": affinity, "quota_cpus": quota,
+            "source": "/sys/fs/cgroup/x.service/cpu.max" if quota else "affinity",
+            "cpu_stat": "/sys/fs/cgroup/x.service/cpu.stat" if quota else None}
+
+
+# The budget, not the affinity, sizes the defaults and the clamps: (budget, env) ->
+# (workers, intra, inter, clamped notes).
+BUDGET_TABLE = [
+    (1, {}, (1, 1, 1), ()),
+    (2, {}, (1, 2, 1), ()),
+    (4, {}, (1, 4, 1), ()),
+    (1, {"TORCH_BACKEND_WORKERS": "2"}, (1, 1, 1), ("TORCH_BACKEND_WORKERS 2->1",)),
+    (2, {"TORCH_BACKEND_WORKERS": "2"}, (2, 1, 1), ()),
+    (4, {"TORCH_BACKEND_WORKERS": "2"}, (2, 2, 1), ()),
+    (4, {"TORCH_BACKEND_WORKERS": "3"}, (3, 1, 1), ()),
+    (2, {"TORCH_BACKEND_WORKERS": "4"}, (2, 1, 1), ("TORCH_BACKEND_WORKERS 4->2",)),
+    # A configured intra-op count stands as long as it fits...
+    (4, {"TORCH_BACKEND_INTRA_OP_THREADS": "1"}, (1, 1, 1), ()),
+    (4, {"TORCH_BACKEND_INTRA_OP_THREADS": "3"}, (1, 3, 1), ()),
+    # ... and is clamped to the budget's share when it does not.
+    (1, {"TORCH_BACKEND_INTRA_OP_THREADS": "4"}, (1, 1, 1),
+     ("TORCH_BACKEND_INTRA_OP_THREADS 4->1",)),
+    (4, {"TORCH_BACKEND_WORKERS": "2", "TORCH_BACKEND_INTRA_OP_THREADS": "4"}, (2, 2, 1),
+     ("TORCH_BACKEND_INTRA_OP_THREADS 4->2",)),
+    (2, {"TORCH_BACKEND_INTER_OP_THREADS": "4"}, (1, 2, 2),
+     ("TORCH_BACKEND_INTER_OP_THREADS 4->2",)),
+]
+
+
+@pytest.mark.parametrize("how", ["cores", "budget"])
+@pytest.mark.parametrize("budget,env,expected,clamped", BUDGET_TABLE)
+def test_budget_sizes_threads_and_clamps(budget, env, expected, clamped, how):
+    # The same numbers whether the budget is given as `cores` (tests) or comes from a
+    # quota well below a 4-CPU affinity (read_budget's answer under CPUQuota=).
+    if how == "cores":
+        cfg = config.load(env, cores=budget)
+    else:
+        cfg = config.load(env, budget=_budget(budget, affinity=4, quota=budget + 0.5))
+    assert (cfg.workers, cfg.intra_op_threads, cfg.inter_op_threads) == expected
+    assert cfg.clamped == clamped
+    assert cfg.cores == budget and cfg.workers * cfg.intra_op_threads <= budget
+    assert cfg.intra_op_configured == ("TORCH_BACKEND_INTRA_OP_THREADS" in env)
+
+
+def test_quota_below_the_affinity_lowers_the_default_threads():
+    unlimited = config.load({}, budget=_budget(4, affinity=4))
+    limited = config.load({}, budget=_budget(1, affinity=4, quota=1.5))
+    assert (unlimited.cores, unlimited.intra_op_threads) == (4, 4)
+    assert (limited.cores, limited.intra_op_threads, limited.affinity) == (1, 1, 4)
+    assert (limited.quota_cpus, limited.budget_source, limited.cpu_stat) == \
+        (1.5, "/sys/fs/cgroup/x.service/cpu.max", "/sys/fs/cgroup/x.service/cpu.stat")
+
+
+def test_cores_given_to_load_stand_for_an_unlimited_budget():
+    cfg = config.load({}, cores=3)
+    assert (cfg.cores, cfg.affinity, cfg.quota_cpus, cfg.cpu_stat) == (3, 3, None, None)
 
 
 def test_threads_are_clamped_to_cores_and_reported():

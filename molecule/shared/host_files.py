@@ -5,12 +5,14 @@ import json
 import os
 import re
 import subprocess
+import urllib.request
 
-ROOTS = ["/opt/torch-backend", "/etc/torch-backend", "/etc/systemd/system/torch-backend.service",
-         "/var/cache/torch-backend"]
+UNITS = ["/etc/systemd/system/torch-backend.service", "/etc/systemd/system/torch-backend.socket",
+         "/etc/systemd/system/torch-backend-handover.service", "/etc/systemd/system/torch-backend-reload.service"]
+ROOTS = ["/opt/torch-backend", "/etc/torch-backend", *UNITS, "/var/cache/torch-backend"]
 MODES = ["/opt/torch-backend", "/opt/torch-backend/releases", "/etc/torch-backend",
          "/etc/torch-backend/torch-backend.env", "/etc/torch-backend/cpu-record.json",
-         "/etc/systemd/system/torch-backend.service", "/var/cache/torch-backend/wheelhouse",
+         *UNITS, "/var/cache/torch-backend/wheelhouse",
          "/opt/torch-backend/current/models", "/opt/torch-backend/current/.complete"]
 # modules the service imports at start: pip installs torch without byte-compiling it, and the
 # deploy writes the cache files of what the service imports (the service user cannot); a
@@ -54,6 +56,14 @@ def uncompiled(module):
     return True
 
 
+def served_socket():
+    """Where the serving process took its listening socket from, as GET /v2 says ("systemd")."""
+    try:
+        return json.load(urllib.request.urlopen("http://127.0.0.1:8080/v2", timeout=10)).get("socket")
+    except OSError as exc:
+        return str(exc)
+
+
 security = run(["systemd-analyze", "security", "--no-pager", "torch-backend.service"]).stdout
 rating = re.search(r"Overall exposure level for torch-backend.service: ([0-9.]+)", security)
 print(json.dumps({
@@ -66,6 +76,10 @@ print(json.dumps({
     "modes": run(["stat", "-c", "%n %U:%G:%a", *MODES]).stdout.splitlines(),
     "uncompiled": [m for m in IMPORTED if uncompiled(m)],
     "active": run(["systemctl", "is-active", "torch-backend.service"]).stdout.strip(),
+    # systemd holds the listening socket; the handover's second process is gone after the deploy
+    "socket": run(["systemctl", "is-active", "torch-backend.socket"]).stdout.strip(),
+    "handover": run(["systemctl", "is-active", "torch-backend-handover.service"]).stdout.strip(),
+    "served_socket": served_socket(),
     "unmet_pins": unmet_pins(),
     # with the distribution's torch: the apt packages' versions the release id names
     "distribution_packages": json.loads(read("/opt/torch-backend/current/.complete")).get("distribution_packages"),

@@ -2,7 +2,7 @@
 controller's torch, the role's own decision, and the fleet report it writes.
 
 This machine's CPU initializes NNPACK (TESTBED.md: native, AVX-512), so a deploy would leave
-USE_NNPACK unset; the CPU record of a "last deploy" is given through the role's fact-file path.
+USE_NNPACK unset; the CPU record of a "last deploy" is given through pytorch_backend_cpu_record_file.
 """
 import json
 import os
@@ -21,7 +21,7 @@ def audit(tmp_path, record=None):
     reports = tmp_path / "reports"
     extra = {"ansible_become": False, "pytorch_backend_python": sys.executable,
              "pytorch_backend_base_dir": str(tmp_path / "base"), "pytorch_backend_reports_dir": str(reports),
-             "_pytorch_backend_fact_file": str(fact), "pytorch_backend_probe_timeout": 300}
+             "pytorch_backend_cpu_record_file": str(fact), "pytorch_backend_probe_timeout": 300}
     (tmp_path / "vars.json").write_text(json.dumps(extra))
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROOT / "roles"), ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
                ANSIBLE_PYTHON_INTERPRETER=sys.executable, ANSIBLE_NOCOLOR="1")

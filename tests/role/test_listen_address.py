@@ -132,3 +132,10 @@ def test_host_state_read_asks_a_service_on_ipv6(ipv6_service, bind):
     """The service listens on ::1; a bind of :: is reached there too (on a host, :: includes ::1)."""
     url = FILTERS["pytorch_backend_local_url"](bind, ipv6_service)
     assert host_state_served()(url) == (True, "", "")
+
+
+@pytest.mark.parametrize("host,stream", [("127.0.0.1", "127.0.0.1:8080"), ("::1", "[::1]:8080"), ("::", "[::]:8080"),
+                                         ("0.0.0.0", "0.0.0.0:8080"), ("localhost", "127.0.0.1:8080"),
+                                         ("0:0::1", "[::1]:8080"), ("backend.example.org", "")])
+def test_socket_unit_listen_stream_names_an_address_or_nothing_for_a_host_name(host, stream):
+    assert FILTERS["pytorch_backend_listen_stream"](host, 8080) == stream

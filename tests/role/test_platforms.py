@@ -4,7 +4,7 @@ whether the role accepts it with a wheelhouse (cp311 wheels) or with the package
 The distributions' interpreters are stood in for by fake `python3` scripts that report
 their version (3.11 Debian 12, 3.13 Debian 13, 3.10 Ubuntu 22.04, 3.12 Ubuntu 24.04, and
 Debian 11's 3.9, which no requirement set serves): only Debian 12 runs here. The role's real
-install tasks run against localhost in check mode.
+host read and install tasks run against localhost in check mode.
 """
 import pytest
 
@@ -16,6 +16,9 @@ PLAY = """
 - hosts: localhost
   gather_facts: false
   tasks:
+    - ansible.builtin.include_role:
+        name: pytorch_backend
+        tasks_from: steps/read_host.yml
     - ansible.builtin.include_role:
         name: pytorch_backend
         tasks_from: steps/install.yml

@@ -109,6 +109,9 @@ def walk_tasks(tasks, path, inherited, seen, untagged):
             walk(TASKS / imp, inherited | own, seen, untagged)
         elif inc:
             inc = inc if isinstance(inc, dict) else {"file": inc}
+            if "{{" in inc["file"]:
+                # an operator's hook file (pytorch_backend_pre/post_switch_tasks): not the role's
+                continue
             applied = set(as_list((inc.get("apply") or {}).get("tags")))
             walk(TASKS / inc["file"], inherited | applied, seen, untagged)
 

@@ -186,3 +186,59 @@ def test_secret_env_is_a_second_environment_file_only_when_given_and_stays_out_o
     text = render(playbook, tmp_path, "torch-backend.secret.env.j2", facts("supported"),
                   pytorch_backend_secret_env={"API_TOKEN": "t0ken", "QUOTED": 'a "b" \\c'})
     assert 'API_TOKEN="t0ken"' in text.splitlines() and 'QUOTED="a \\"b\\" \\\\c"' in text.splitlines()
+
+
+@pytest.mark.parametrize("host,stream,dual", [("127.0.0.1", "127.0.0.1:8080", False), ("::1", "[::1]:8080", False),
+                                              ("0.0.0.0", "0.0.0.0:8080", False), ("::", "[::]:8080", True),
+                                              ("localhost", "127.0.0.1:8080", False)])
+def test_socket_unit_listens_where_the_service_would_bind(playbook, tmp_path, host, stream, dual):
+    """systemd holds the listening socket: the address the service would bind, its backlog, Nagle off."""
+    lines = render(playbook, tmp_path, "torch-backend.socket.j2", facts("supported"), pytorch_backend_host=host,
+                   pytorch_backend_listen_backlog=4096).splitlines()
+    assert f"ListenStream={stream}" in lines
+    assert ("BindIPv6Only=both" in lines) == dual
+    assert "Backlog=4096" in lines and "NoDelay=true" in lines and "Service=torch-backend.service" in lines
+    assert "WantedBy=sockets.target" in lines
+
+
+def test_serving_unit_takes_the_socket_drains_within_its_stop_timeout_and_reloads_warm(playbook, tmp_path):
+    lines = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"),
+                   pytorch_backend_drain_seconds=45).splitlines()
+    assert {"Requires=torch-backend.socket", "After=torch-backend.socket", "Sockets=torch-backend.socket"} <= set(lines)
+    # the stop timeout follows the drain, with room for the 503s and the exit after it
+    assert "TimeoutStopSec=55" in lines
+    assert "ExecReload=+/usr/bin/systemctl --no-block start torch-backend-reload.service" in lines
+    env = render(playbook, tmp_path, "torch-backend.env.j2", facts("supported"), pytorch_backend_drain_seconds=45,
+                 pytorch_backend_request_deadline=12, pytorch_backend_access_log=True).splitlines()
+    assert {"TORCH_BACKEND_DRAIN_SECONDS=45", "TORCH_BACKEND_REQUEST_DEADLINE_SECONDS=12",
+            "TORCH_BACKEND_ACCESS_LOG=1"} <= set(env)
+    assert "TORCH_BACKEND_ACCESS_LOG=0" in render(playbook, tmp_path, "torch-backend.env.j2", facts("supported")).splitlines()
+
+
+def test_handover_unit_is_the_serving_unit_on_the_same_socket_without_restart_or_install(playbook, tmp_path):
+    main = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported")).splitlines()
+    handover = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"), _pb_handover=True).splitlines()
+    assert "Sockets=torch-backend.socket" in handover and "Restart=no" in handover
+    assert "[Install]" not in handover and not any(line.startswith("ExecReload=") for line in handover)
+    # what it runs, and how hardened, is the serving unit's
+    same = [line for line in main if line.startswith(("ExecStart=", "EnvironmentFile=", "User=", "MemoryMax=",
+                                                       "SystemCallFilter=", "ProtectSystem=", "TimeoutStopSec="))]
+    assert same and all(line in handover for line in same)
+
+
+def test_reload_unit_starts_the_second_process_before_it_restarts_the_service_and_always_stops_it(playbook, tmp_path):
+    lines = render(playbook, tmp_path, "torch-backend-reload.service.j2", facts("supported")).splitlines()
+    starts = [line for line in lines if line.startswith("ExecStart=")]
+    assert starts == ["ExecStart=/usr/bin/systemctl start torch-backend-handover.service",
+                      "ExecStart=/usr/bin/systemctl restart torch-backend.service"]
+    assert "ExecStopPost=/usr/bin/systemctl stop torch-backend-handover.service" in lines
+    assert "Type=oneshot" in lines
+
+
+def test_cpu_quota_limits_the_serving_and_handover_units_only_when_given(playbook, tmp_path):
+    assert not any(line.startswith("CPUQuota=")
+                   for line in render(playbook, tmp_path, "torch-backend.service.j2", facts("supported")).splitlines())
+    for handover in (False, True):
+        lines = render(playbook, tmp_path, "torch-backend.service.j2", facts("supported"), pytorch_backend_cpu_quota="150%",
+                       _pb_handover=handover).splitlines()
+        assert "CPUQuota=150%" in lines

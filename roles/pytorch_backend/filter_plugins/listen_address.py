@@ -41,6 +41,11 @@ def is_loopback(host):
     return rules.is_loopback(str(host))
 
 
+def listen_stream(host, port):
+    """The socket unit's ListenStream= for `host`:`port` ("" for a host name systemd cannot bind)."""
+    return rules.listen_stream(str(host), int(port))
+
+
 class FilterModule:
     """pytorch_backend listen-address filters."""
 
@@ -49,4 +54,5 @@ class FilterModule:
             "pytorch_backend_listen_problem": listen_problem,
             "pytorch_backend_local_url": local_url,
             "pytorch_backend_is_loopback": is_loopback,
+            "pytorch_backend_listen_stream": listen_stream,
         }

@@ -1,3 +1,7 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, torch-backend contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+# SPDX-License-Identifier: Apache-2.0
 """How torch says NNPACK cannot run: the rules the role's probe and the service's probe share.
 
 Two sides read torch's answer and must read it the same way:

@@ -11,19 +11,10 @@ import time
 
 import pytest
 
-from conftest import SELFTEST_INFER, SELFTEST_PAYLOAD, SLOW_SERVER_ENV, ServerProcess, write_slow_model
-from test_overload import in_background, raw_request, read_response, wait_for
+from conftest import SELFTEST_INFER, SELFTEST_PAYLOAD, ServerProcess
+from test_overload import in_background, raw_request, read_response, start_slow, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def start_slow(tmp_path, **env):
-    write_slow_model(tmp_path / "models")
-    srv = ServerProcess(tmp_path, {**SLOW_SERVER_ENV,
-                                   "TORCH_BACKEND_MODEL_DIR": str(tmp_path / "models"),
-                                   "TORCH_BACKEND_WORKERS": "1", **env}).start()
-    srv.wait_ready()
-    return srv
 
 
 def test_what_cannot_finish_within_the_drain_gets_503_not_500(tmp_path, slow_loops_per_second):

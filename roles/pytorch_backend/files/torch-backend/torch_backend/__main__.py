@@ -17,6 +17,13 @@ from . import SERVER_NAME, __version__, activation, config, cpu_budget, logs, no
 EXIT_CONFIG, EXIT_MODEL, EXIT_LISTEN = 2, 3, 4
 
 
+def _refuse(log, what: str, exc: Exception, code: int) -> int:
+    """Log why the service will not start and tell systemd (its status line), then the exit code."""
+    log.error("%s: %s", what, exc)
+    notify.notify(f"STATUS={what}: {exc}")
+    return code
+
+
 def serve() -> int:
     # First of all: which release's venv this process runs from. `current` may be
     # switched while it runs; only this start-up answer names the code loaded.
@@ -27,9 +34,7 @@ def serve() -> int:
     try:
         cfg = config.load()
     except config.ConfigError as exc:
-        log.error("configuration error: %s", exc)
-        notify.notify(f"STATUS=configuration error: {exc}")
-        return EXIT_CONFIG
+        return _refuse(log, "configuration error", exc, EXIT_CONFIG)
     log.setLevel(cfg.log_level)
     # The throttling GET /v2 reports is counted from here: the torch import and
     # the warm-ups are the service's own start, and may be throttled too.
@@ -39,9 +44,7 @@ def serve() -> int:
     try:
         inherited = activation.systemd_socket()
     except activation.ActivationError as exc:
-        log.error("cannot listen: %s", exc)
-        notify.notify(f"STATUS=cannot listen: {exc}")
-        return EXIT_LISTEN
+        return _refuse(log, "cannot listen", exc, EXIT_LISTEN)
 
     import torch  # slow (seconds); numpy is a dependency, so torch does not warn about it
 

@@ -1,12 +1,14 @@
 """The release id names the environment: the wheels by content, the requirement set of the
-host's Python. Runs the role's release_id.yml on localhost; the hosts' interpreters are
+host's Python. Runs the role's read_host.yml (the release id, then the host's state) on localhost; the hosts' interpreters are
 stand-in scripts that report a version (as in test_platforms.py)."""
 import re
 
 from conftest import ROLE, VARS_PLAY, fake_python
 
 PLAY = VARS_PLAY + """    - name: Work out the release id
-      ansible.builtin.include_tasks: ROLE/tasks/steps/release_id.yml
+      ansible.builtin.include_role:
+        name: pytorch_backend
+        tasks_from: steps/read_host.yml
     - name: Print it
       ansible.builtin.debug:
         msg: "RELEASE_ID={{ _pytorch_backend_release_id }} RUNTIME={{ _pytorch_backend_runtime_id }}"

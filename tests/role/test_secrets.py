@@ -1,6 +1,6 @@
 """Credentials stay out of pip's argv, -v/--diff output and the release id (issue #16).
 
-These run the role's own step files on localhost: release_id.yml, pip_install.yml (with a
+These run the role's own step files on localhost: read_host.yml (the release id), pip_install.yml (with a
 stand-in for the venv's python, which records what pip would get), configure.yml and
 secret_env.yml (writing only into tmp_path).
 """
@@ -24,7 +24,9 @@ def test_release_id_is_the_same_for_index_urls_that_differ_only_in_credentials(p
     ids = []
     for url in urls:
         result = playbook(VARS_PLAY + f"""    - name: Work out the release id
-      ansible.builtin.include_tasks: {ROLE}/tasks/steps/release_id.yml
+      ansible.builtin.include_role:
+        name: pytorch_backend
+        tasks_from: steps/read_host.yml
     - name: Print it
       ansible.builtin.debug:
         msg: "RELEASE_ID={{{{ _pytorch_backend_release_id }}}}"

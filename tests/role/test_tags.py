@@ -24,9 +24,9 @@ PLAYBOOK_TAGS = {"verify.yml": ["pytorch_backend_verify", "verify"], "rollback.y
 
 ALWAYS = ["Check the ansible-core version", "Check cross-variable rules",
           "Name the hosts this run targets, for the fleet table"]
-HOST_READ = ["Read the host's Python version", "Work out the release identity", "Read the deployment state on the host",
-             "Check the host's Python against the requirement sets and the wheels"]
-INSTALL = ["Create the service group", "Create the directories", "Announce the build", "Mark the release complete"]
+HOST_READ = ["Read the host's Python version", "Work out the release identity", "Read the deployment state on the host"]
+INSTALL = ["Check the host's Python against the requirement sets and the wheels", "Create the service group",
+           "Create the directories", "Announce the build", "Mark the release complete"]
 PROBE = ["Probe NNPACK with the release's interpreter and decide USE_NNPACK", "Say what the decision rests on", "Report the decision"]
 CONFIGURE = ["Require the release to switch to", "Render the managed files", "Start the candidate",
              "Write the environment file, the CPU record and the unit", "Restart torch-backend",

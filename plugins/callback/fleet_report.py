@@ -16,7 +16,8 @@ description:
     (C(per_host: false), so that AWX and ansible-runner keep them as the job's artifacts):
     C(pytorch_backend_fleet), one row per host keyed by host name (host, outcome, release, serving_release,
     cpu_model, avx2, fma, nnpack, use_nnpack, cpu_capability, verified, latency_ms, conv, conv_slow2d,
-    message; merged with C(aggregate: true), so the last row a host set wins) and, once per play,
+    cpu_budget, cpu_affinity, cpu_quota, workers, intra_op_threads, throttled, message; merged with
+    C(aggregate: true), so the last row a host set wins) and, once per play,
     C(pytorch_backend_targets) (the play's hosts: C(ansible_play_hosts_all), which a C(--limit) has already
     narrowed)."
   - "The outcome of a host is the one the role set: C(served), C(rolled_back), C(kept) (the new release was
@@ -27,6 +28,14 @@ description:
     batch stopped the rollout."
   - "Column CONV: which backend the deployed models' Conv2d layers run on at batch 1 and 16 as the service reports
     it (e.g. C(Mkldnn), or C(1:Slow2d! 16:Mkldnn)); a host with layers on C(Slow2d) gets a WARNING line."
+  - "Columns BUDGET, THREADS and THROTTLED: the C(cpu) object of the verified service's C(GET /v2), which the
+    row carries raw (C(cpu_budget), C(cpu_affinity), C(cpu_quota) in CPUs, C(workers), C(intra_op_threads),
+    C(throttled) a share from 0 to 1 or none). BUDGET is the CPUs the service may use, followed by C(quota) in
+    brackets when its cgroup's CPU quota, not its affinity, set it; THREADS is workers x intra-op threads
+    (C(1x2)); THROTTLED is the share of the quota's periods throttled since the service started (C(37%), C(<1%)
+    for some but under half a percent), C(-) where the kernel counts no periods (no quota). Any of them is C(-)
+    where the row does not say: a host that failed before verification, a run that verified nothing, a service
+    too old to report C(cpu)."
   - Prints nothing when the run set no C(pytorch_backend_targets) (playbooks that do not run the role).
 '''
 
@@ -44,9 +53,10 @@ _spec.loader.exec_module(aggregate_callback)
 OUTCOMES = ('served', 'rolled_back', 'kept', 'failed', 'unreachable', 'not reached')
 # runs that verify nothing: counted only when present, so a deploy's count line stays the same
 UNVERIFIED_OUTCOMES = ('unverified', 'checked')
-ROW = '%-16s %-12s %-34s %-5s %-5s %-22s %-10s %-10s %-8s %-7s %s'
+# CONV stays last: it is the one column of unbounded width
+ROW = '%-16s %-12s %-34s %-5s %-5s %-22s %-10s %-10s %-8s %-7s %-9s %-7s %-9s %s'
 HEADER = ('HOST', 'OUTCOME', 'CPU', 'AVX2', 'FMA3', 'NNPACK', 'USE_NNPACK', 'CAPABILITY', 'VERIFIED', 'P50 MS',
-          'CONV')
+          'BUDGET', 'THREADS', 'THROTTLED', 'CONV')
 
 
 def _flag(value, no='no'):
@@ -61,6 +71,48 @@ def _flag(value, no='no'):
 def _text(value, width=None):
     text = '-' if value is None or value == '' else str(value)
     return text[:width] if width else text
+
+
+def _number(value):
+    """A number the role set (templating may have made it text), None for none, a boolean or anything else."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN says nothing
+
+
+def cpu_budget(row):
+    """BUDGET: the CPUs the service sized its threads from; '(quota)' where the cgroup's CPU quota, not the
+    affinity, set them, the case where threads sized from the affinity alone would be throttled."""
+    budget = _number(row.get('cpu_budget'))
+    if budget is None:
+        return '-'
+    quota, affinity = _number(row.get('cpu_quota')), _number(row.get('cpu_affinity'))
+    if quota is not None and (affinity is None or quota < affinity):
+        return '%d (quota)' % budget
+    return '%d' % budget
+
+
+def threads(row):
+    """THREADS: workers x intra-op threads per worker, what the budget is shared out into."""
+    workers, intra = _number(row.get('workers')), _number(row.get('intra_op_threads'))
+    if workers is None or intra is None:
+        return '-'
+    return '%dx%d' % (workers, intra)
+
+
+def throttled(row):
+    """THROTTLED: the share of quota periods throttled since the service started, as a whole percentage."""
+    share = _number(row.get('throttled'))
+    if share is None or not 0 <= share <= 1:
+        return '-'
+    if 0 < share < 0.005:
+        # rounded, it would read 0%: "never throttled", which it was not
+        return '<1%'
+    return '%d%%' % int(share * 100 + 0.5)
 
 
 class CallbackModule(aggregate_callback.AggregateCallback):
@@ -117,7 +169,7 @@ class CallbackModule(aggregate_callback.AggregateCallback):
                                              _flag(r.get('avx2')), _flag(r.get('fma')), _text(r.get('nnpack')),
                                              _text(r.get('use_nnpack')), _text(r.get('cpu_capability')),
                                              _flag(r.get('verified'), 'NO'), _text(r.get('latency_ms')),
-                                             _text(r.get('conv'))))
+                                             cpu_budget(r), threads(r), throttled(r), _text(r.get('conv'))))
             else:
                 self._display.display(ROW % ((r['host'], r['outcome']) + ('-',) * (len(HEADER) - 2)))
 

@@ -5,6 +5,7 @@ sets the same custom stats) against 9 local-connection hosts, with the project's
 environment Molecule gives its runs. 9 hosts make the default batches visible: the canary h1, then a
 quarter of 9 (2 hosts) at a time: [h1] [h2 h3] [h4 h5] [h6 h7] [h8 h9].
 """
+import importlib.util
 import json
 import os
 import re
@@ -35,10 +36,10 @@ def _env(**extra):
     return env
 
 
-def run(tmp_path, outcomes=None, args=(), playbook=STANDIN, env=None, conv=None):
+def run(tmp_path, outcomes=None, args=(), playbook=STANDIN, env=None, conv=None, cpu=None):
     """Run `playbook` on h1..h9; `outcomes` maps a host to its standin_outcome or to 'unreachable',
-    `conv` a host to the conv_backends summary its service reports on GET /v2."""
-    outcomes, conv = outcomes or {}, conv or {}
+    `conv` a host to the conv_backends summary its service reports on GET /v2, `cpu` to its cpu object."""
+    outcomes, conv, cpu = outcomes or {}, conv or {}, cpu or {}
     lines = ["[fleet]"]
     for host in HOSTS:
         outcome = outcomes.get(host)
@@ -48,9 +49,14 @@ def run(tmp_path, outcomes=None, args=(), playbook=STANDIN, env=None, conv=None)
             lines.append(f"{host} standin_outcome={outcome}")
         else:
             lines.append(host)
-    for host, summary in conv.items():  # beside the inventory: Ansible reads host_vars/ there
+    host_vars = {}
+    for host, summary in conv.items():
+        host_vars.setdefault(host, {})["standin_conv"] = summary
+    for host, budget in cpu.items():
+        host_vars.setdefault(host, {})["standin_cpu"] = budget
+    for host, values in host_vars.items():  # beside the inventory: Ansible reads host_vars/ there
         (tmp_path / "host_vars").mkdir(exist_ok=True)
-        (tmp_path / "host_vars" / f"{host}.json").write_text(json.dumps({"standin_conv": summary}))
+        (tmp_path / "host_vars" / f"{host}.json").write_text(json.dumps(values))
     lines += ["[all:vars]", "ansible_connection=local", f"ansible_python_interpreter={sys.executable}"]
     inventory = tmp_path / "hosts.ini"
     inventory.write_text("\n".join(lines) + "\n")
@@ -258,3 +264,145 @@ def test_conv_column_and_a_warning_for_a_host_on_slow2d(tmp_path):
     assert row["h3"].rstrip().endswith(" -")      # no summary: the service did not answer
     assert [line for line in table if line.startswith("WARNING")] == [
         "WARNING: h2: Conv2d layers fall to the slow direct path (Slow2d) in resnet18"]
+
+
+def _load_callback():
+    spec = importlib.util.spec_from_file_location("fleet_report_under_test",
+                                                  ROOT / "plugins" / "callback" / "fleet_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fleet_report = _load_callback()
+
+
+def _cpu(budget=2, affinity=2, quota=None, workers=1, intra=2, share=None):
+    """A GET /v2 cpu object as torch_backend/server.py's cpu_metadata writes it."""
+    return {"budget": budget, "affinity": affinity, "quota_cpus": quota,
+            "source": "affinity (no CPU quota in the process's cgroups)" if quota is None
+            else "/sys/fs/cgroup/system.slice/torch-backend.service/cpu.max",
+            "intra_op_threads": intra, "inter_op_threads": 1, "workers": workers, "throttled_share": share}
+
+
+def _row(cpu):
+    """The row keys report.yml sets from a cpu object (None: the service reported none)."""
+    cpu = cpu or {}
+    return {"cpu_budget": cpu.get("budget"), "cpu_affinity": cpu.get("affinity"), "cpu_quota": cpu.get("quota_cpus"),
+            "workers": cpu.get("workers"), "intra_op_threads": cpu.get("intra_op_threads"),
+            "throttled": cpu.get("throttled_share")}
+
+
+# (what the row carries, BUDGET, THREADS, THROTTLED)
+CPU_CASES = [
+    pytest.param(_row(_cpu()), "2", "1x2", "-", id="affinity, no quota: the kernel counts no periods"),
+    pytest.param(_row(_cpu(budget=1, affinity=4, quota=1.5, intra=1, share=0.372)), "1 (quota)", "1x1", "37%",
+                 id="quota under the affinity sets the budget"),
+    pytest.param(_row(_cpu(budget=1, affinity=4, quota=1.0, intra=1, share=0.0)), "1 (quota)", "1x1", "0%",
+                 id="quota, never throttled"),
+    pytest.param(_row(_cpu(budget=2, affinity=2, quota=8.0, share=0.0)), "2", "1x2", "0%",
+                 id="quota above the affinity: the affinity sets the budget"),
+    pytest.param(_row(_cpu(budget=4, affinity=8, quota=4.0, workers=2, share=1.0)), "4 (quota)", "2x2", "100%",
+                 id="two workers, always throttled"),
+    pytest.param(_row(_cpu(budget=1, affinity=4, quota=1.0, intra=1, share=0.004)), "1 (quota)", "1x1", "<1%",
+                 id="a little throttling is not 0%"),
+    pytest.param(_row(_cpu(share=0.995)), "2", "1x2", "100%", id="rounded to the nearest percent"),
+    pytest.param(_row(None), "-", "-", "-", id="service without the cpu object"),
+    pytest.param({"cpu_model": "Intel Xeon Processor (Haswell)", "latency_ms": 4.2}, "-", "-", "-",
+                 id="old row without the keys"),
+    pytest.param({"cpu_budget": "2", "cpu_affinity": "4", "cpu_quota": "2.5", "workers": "1",
+                  "intra_op_threads": "2", "throttled": "0.372"}, "2 (quota)", "1x2", "37%",
+                 id="values templated to text"),
+    pytest.param({"cpu_budget": True, "workers": 1, "intra_op_threads": None, "throttled": 1.5}, "-", "-", "-",
+                 id="no number: a boolean, a missing half, a share over 1"),
+]
+
+
+@pytest.mark.parametrize("row,budget,threads,throttled", CPU_CASES)
+def test_cpu_columns_format(row, budget, threads, throttled):
+    assert (fleet_report.cpu_budget(row), fleet_report.threads(row), fleet_report.throttled(row)) == \
+        (budget, threads, throttled)
+
+
+def columns(table):
+    """{host: {column: value}} of the table's rows, cut at the header's column starts (BUDGET's "1 (quota)" and
+    the header's "P50 MS" hold a space, so whitespace does not split columns)."""
+    header = next(line for line in table if line.startswith("HOST "))
+    starts = [header.index(name) for name in fleet_report.HEADER]
+    rows = {}
+    for line in table:
+        if ROW_RE.match(line):
+            cells = [line[a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+            rows[cells[0]] = dict(zip(fleet_report.HEADER, cells))
+    return rows
+
+
+class _Display:
+    def __init__(self):
+        self.lines = []
+
+    def banner(self, text):
+        self.lines.append(text)
+
+    def display(self, text):
+        self.lines.append(text)
+
+
+class _Stats:
+    def __init__(self, fleet, targets):
+        self.custom = {"_run": {"pytorch_backend_fleet": fleet, "pytorch_backend_targets": targets}}
+        self.failures, self.dark = {"h3": 1}, {}
+
+
+def test_callback_prints_the_cpu_columns_from_the_rows():
+    base = {"outcome": "served", "cpu_model": "Intel Xeon Processor (Haswell)", "avx2": True, "fma": True,
+            "nnpack": "supported", "use_nnpack": "unset", "cpu_capability": "AVX2", "verified": True,
+            "latency_ms": 4.2, "conv": "Mkldnn"}
+    fleet = {"h1": dict(base, **_row(_cpu(budget=1, affinity=4, quota=1.5, intra=1, share=0.372))),
+             "h2": dict(base)}  # a row set by a role from before the CPU columns
+    callback = fleet_report.CallbackModule()
+    callback._display = _Display()
+    callback.v2_playbook_on_stats(_Stats(fleet, ["h1", "h2", "h3"]))
+    rows = columns(callback._display.lines)
+    assert {h: (r["BUDGET"], r["THREADS"], r["THROTTLED"], r["CONV"]) for h, r in rows.items()} == {
+        "h1": ("1 (quota)", "1x1", "37%", "Mkldnn"),
+        "h2": ("-", "-", "-", "Mkldnn"),
+        "h3": ("-", "-", "-", "-")}   # failed before it set a row
+    assert rows["h1"]["P50 MS"] == "4.2" and rows["h1"]["VERIFIED"] == "yes"
+
+
+def test_cpu_columns_from_the_services_cpu_object(tmp_path):
+    cpu = {"h1": _cpu(),
+           "h2": _cpu(budget=1, affinity=4, quota=1.5, intra=1, share=0.372),
+           "h4": _cpu(budget=1, affinity=4, quota=1.0, intra=1, share=0.0)}
+    proc, out = run(tmp_path, {"h4": "rolled_back", "h5": "crash"}, cpu=cpu,
+                    args=["-e", "pytorch_backend_serial=9", "-e", "pytorch_backend_max_fail_percentage=100"],
+                    env=_env(_tmp=tmp_path, ANSIBLE_SHOW_CUSTOM_STATS="1", ANSIBLE_CALLBACK_RESULT_FORMAT="json"))
+    assert proc.returncode != 0
+    table = out.split("FLEET REPORT", 1)[1].splitlines()
+    header = next(line for line in table if line.startswith("HOST "))
+    assert header.split()[-5:] == ["MS", "BUDGET", "THREADS", "THROTTLED", "CONV"], header
+    rows = columns(table)
+    got = {h: (r["OUTCOME"], r["BUDGET"], r["THREADS"], r["THROTTLED"]) for h, r in rows.items()}
+    assert got["h1"] == ("served", "2", "1x2", "-"), out
+    assert got["h2"] == ("served", "1 (quota)", "1x1", "37%"), out
+    assert got["h3"] == ("served", "-", "-", "-"), out           # a service without the cpu object
+    # like its P50 MS and CONV: what the verification that failed found
+    assert got["h4"] == ("rolled_back", "1 (quota)", "1x1", "0%"), out
+    assert got["h5"] == ("failed", "-", "-", "-"), out           # failed before verification
+    # the row carries the values raw (numbers and none, not text) for AWX: the callback formats them
+    stats = json.loads(next(line for line in out.splitlines() if line.startswith("\tRUN: "))[len("\tRUN: "):])
+    h2 = stats["pytorch_backend_fleet"]["h2"]
+    assert {k: h2[k] for k in ("cpu_budget", "cpu_affinity", "cpu_quota", "workers", "intra_op_threads",
+                               "throttled")} == {"cpu_budget": 1, "cpu_affinity": 4, "cpu_quota": 1.5, "workers": 1,
+                                                 "intra_op_threads": 1, "throttled": 0.372}
+    assert stats["pytorch_backend_fleet"]["h1"]["throttled"] is None
+    assert stats["pytorch_backend_fleet"]["h3"]["cpu_budget"] is None
+
+
+def test_a_check_run_shows_no_cpu_columns(tmp_path):
+    proc, out = run(tmp_path, args=["--check"], cpu={"h1": _cpu(share=0.5)})
+    assert proc.returncode == 0, out
+    rows = columns(out.split("FLEET REPORT", 1)[1].splitlines())
+    assert {(r["OUTCOME"], r["BUDGET"], r["THREADS"], r["THROTTLED"]) for r in rows.values()} == {
+        ("checked", "-", "-", "-")}, out

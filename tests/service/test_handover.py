@@ -172,3 +172,39 @@ def test_two_processes_hand_over_one_socket_without_errors(tmp_path):
         notify_a.close()
         notify_b.close()
         lsock.close()
+
+
+def test_socket_made_blocking_by_another_start_stalls_no_answer(tmp_path):
+    """systemd clears O_NONBLOCK on the socket it passes at every start of a unit without
+    NonBlocking=true, and the flag belongs to the one open file shared by every process on
+    the socket: a second process's start made the serving one's accept loop block inside
+    accept(), holding each answer until the next connection came (two inferences of 1,068
+    timed out at 30 s in a warm handover on a guest). The serving process must answer each
+    request of a client that waits for its answer before sending the next, all the same."""
+    lsock = activation_socket(backlog=1024)
+    path_a, notify_a = notify_listener(tmp_path, "a")
+    a = ServerProcess(tmp_path, {"NOTIFY_SOCKET": path_a}, name="a", listen_socket=lsock).start()
+    host, port = lsock.getsockname()[:2]
+    body = json.dumps(SELFTEST_PAYLOAD).encode()
+    try:
+        wait_datagram(notify_a, "READY=1", proc=a.proc)
+        lsock.setblocking(True)   # what systemd's start of another unit on the socket does
+        assert os.get_blocking(lsock.fileno())
+        took = []
+        for _ in range(5):
+            conn = http.client.HTTPConnection(host, port, timeout=5)
+            start = time.monotonic()
+            try:
+                conn.request("POST", SELFTEST_INFER, body)
+                resp = conn.getresponse()
+                resp.read()
+                took.append((resp.status, round(time.monotonic() - start, 2)))
+            except OSError as exc:
+                took.append((f"{type(exc).__name__}: {exc}", round(time.monotonic() - start, 2)))
+            finally:
+                conn.close()
+        assert all(status == 200 and seconds < 2.0 for status, seconds in took), took
+    finally:
+        a.kill()
+        notify_a.close()
+        lsock.close()

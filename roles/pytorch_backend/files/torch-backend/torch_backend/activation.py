@@ -10,15 +10,26 @@ family, type and protocol (SO_DOMAIN, SO_TYPE, SO_PROTOCOL), so asyncio sees an
 AF_INET/AF_INET6 IPPROTO_TCP socket and turns Nagle's algorithm off on every accepted
 connection. uvicorn's own `fd=` path wraps it as AF_UNIX (socket.fromfd), which loses
 TCP_NODELAY (44 ms per request, see server.listen_socket).
+
+O_NONBLOCK is a flag of the open file, which every process on the socket shares, and
+systemd clears it at each start of a unit without NonBlocking=true: a second process's
+start then left the serving one's asyncio loop blocked inside accept() until the next
+connection came (answers held for 30 s in a warm handover on a guest). The units set
+NonBlocking=true; the socket also gets a receive timeout (SO_RCVTIMEO, a property of
+the socket, which accept(2) obeys on a blocking file), so that whatever clears the flag
+costs the loop at most ACCEPT_TIMEOUT_S per accept round, never an answer.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
 from typing import List, MutableMapping, Optional
 
 LISTEN_FDS_START = 3
+# accept(2) on a file made blocking by someone else returns EAGAIN after this
+ACCEPT_TIMEOUT_S = 0.01
 
 
 class ActivationError(Exception):
@@ -70,6 +81,9 @@ def inherited_socket(fd: int) -> socket.socket:
         raise ActivationError(f"fd {fd} from systemd: {problem}")
     sock.set_inheritable(False)
     sock.setblocking(False)
+    seconds = int(ACCEPT_TIMEOUT_S)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                    struct.pack("ll", seconds, int((ACCEPT_TIMEOUT_S - seconds) * 1e6)))
     return sock
 
 

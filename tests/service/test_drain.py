@@ -140,3 +140,45 @@ def test_client_resets_are_not_errors(tmp_path):
         assert srv.terminate() == 0
     finally:
         srv.kill()
+
+
+def test_a_connection_taken_just_before_sigterm_is_served_not_reset(tmp_path):
+    """A client connects (the server accepts) and sends its request an instant later; SIGTERM
+    falls in between. Closing such a connection at the drain's start reset it under the
+    request (1 of 3,264 requests of the handover test, in CI): its first request is waited
+    for and answered, with Connection: close. One that sends nothing is closed cleanly."""
+    srv = ServerProcess(tmp_path, {"TORCH_BACKEND_DRAIN_SECONDS": "10"}).start()
+    srv.wait_ready()
+    body = json.dumps(SELFTEST_PAYLOAD).encode()
+    request = raw_request(SELFTEST_INFER, body)
+    fresh, silent = [], []
+    try:
+        for group in (fresh, silent):
+            for _ in range(6):
+                group.append(socket.create_connection((srv.host, srv.port), timeout=10))
+        wait_for(lambda: srv.metric("torch_backend_open_connections") >= 12)
+        time.sleep(0.3)          # every one accepted (the gauge counts its own request too)
+        srv.proc.send_signal(15)
+        time.sleep(0.3)          # the drain has begun; these requests were on their way
+        for s in fresh:
+            s.sendall(request)
+        outcomes = []
+        for s in fresh:
+            try:
+                status, headers, _ = read_response(s, timeout=20)
+                outcomes.append(status if headers.get("connection") == "close" else (status, headers))
+            except OSError as exc:
+                outcomes.append(f"no answer: {exc}")
+        for s in silent:
+            readable, _, _ = select.select([s], [], [], 5)
+            try:
+                outcomes.append("closed" if readable and s.recv(1) == b"" else "open")
+            except OSError as exc:
+                outcomes.append(f"reset: {exc}")
+        assert outcomes == [200] * 6 + ["closed"] * 6, outcomes
+        assert srv.proc.wait(30) == 0
+        assert "ERROR" not in srv.stderr, srv.stderr
+    finally:
+        for s in fresh + silent:
+            s.close()
+        srv.kill()

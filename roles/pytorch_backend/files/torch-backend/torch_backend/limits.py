@@ -297,6 +297,11 @@ class GuardedH11Protocol(H11Protocol):
         self.guard.metrics.request(None, status, 0.0, False)
         self.transport.close()
 
+    def awaiting_first_request(self) -> bool:
+        """Accepted, and not a byte of a first request read yet (the drain waits a moment)."""
+        return (self.cycle is None and self._header_timer is None
+                and not self._lingering.lingering and not self.transport.is_closing())
+
     def shutdown(self) -> None:
         """The drain: idle connections close at once, not lingering; unless a request's
         bytes are already here, unread: closing would reset the connection under a

@@ -46,6 +46,8 @@ log = logs.get("server")
 BACKLOG = 1024
 # After the drain: how long answers still being written (and lingering closes) may take.
 FLUSH_S = limits.LINGER_S + 1.0
+# At SIGTERM, how long a connection taken just before may take to send its first request.
+FIRST_REQUEST_GRACE_S = 1.0
 
 
 def _nan_if_none(value: Optional[float]) -> float:
@@ -431,9 +433,25 @@ class Service:
         deadline = loop.time() + drain
         # Our descriptor of the listening socket closes; systemd's (and a new
         # process's) stays open, with the connections queued in it.
-        for server in getattr(self.server, "servers", []):
+        servers = getattr(self.server, "servers", [])
+        # Stop accepting first, close after: asyncio attaches a connection it has just
+        # accepted to its server in a task of the next loop step, and Server.close() in
+        # between drops it (an assertion in Server._attach), which resets its client.
+        for server in servers:
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        for server in servers:
             server.close()
-        for connection in list(self.server.server_state.connections):
+        # A connection accepted an instant ago has its client's request on the way (a
+        # client connects to send one): closing it would reset it under that request,
+        # which a load balancer counts as a failure. Its first request is waited for.
+        grace = min(deadline, loop.time() + FIRST_REQUEST_GRACE_S)
+        connections = self.server.server_state.connections
+        while loop.time() < grace and any(c.awaiting_first_request() for c in connections):
+            await asyncio.sleep(0.02)
+        for connection in list(connections):
             connection.shutdown()
         while app.requests and loop.time() < deadline:
             await asyncio.sleep(0.02)

@@ -302,6 +302,11 @@ class GuardedH11Protocol(H11Protocol):
         return (self.cycle is None and self._header_timer is None
                 and not self._lingering.lingering and not self.transport.is_closing())
 
+    def in_request(self) -> bool:
+        """A request read and not yet answered: its task may not have started yet, so the
+        app does not know of it, but the drain must wait for it all the same."""
+        return self.cycle is not None and not self.cycle.response_complete
+
     def shutdown(self) -> None:
         """The drain: idle connections close at once, not lingering; unless a request's
         bytes are already here, unread: closing would reset the connection under a

@@ -453,7 +453,8 @@ class Service:
             await asyncio.sleep(0.02)
         for connection in list(connections):
             connection.shutdown()
-        while app.requests and loop.time() < deadline:
+        # app.requests knows a request once its task runs; a connection knows it once read
+        while (app.requests or any(c.in_request() for c in connections)) and loop.time() < deadline:
             await asyncio.sleep(0.02)
         app.drain_expired = True
         left = [task for task, ex in app.requests.items() if not ex.started]

@@ -186,8 +186,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def idle(self) -> bool:
         """Between requests: nothing received of a next one, nothing being answered."""
-        return ((self.cycle is None or self.cycle.response_complete)
-                and self._header_timer is None)
+        return not self.in_request() and self._header_timer is None
 
     def data_received(self, data: bytes) -> None:
         if self._lingering.lingering:
@@ -312,7 +311,7 @@ class GuardedH11Protocol(H11Protocol):
         bytes are already here, unread: closing would reset the connection under a
         request its client has sent, so it is read and answered (Connection: close)."""
         self.close_after_answer = True
-        if self.cycle is not None and not self.cycle.response_complete:
+        if self.in_request():
             self.cycle.keep_alive = False
             return
         if self._header_timer is not None or self._unread_bytes():

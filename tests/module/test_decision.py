@@ -42,7 +42,8 @@ def previous_of(case):
 
 def run_case(case):
     return decision.decide(facts_of(case), previous_of(case), case.get("probed", True),
-                           check_mode=case.get("check_mode", False), host=case.get("host", "web1"))
+                           check_mode=case.get("check_mode", False), host=case.get("host", "web1"),
+                           release=case.get("release", ""))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
@@ -60,8 +61,9 @@ def test_decision_case(case):
     if got["kept"]:
         assert got["record"] == previous
     else:
+        named = ["probed_release"] if case.get("release") and case.get("probed", True) else []
         assert list(got["record"]) == ["fingerprint", "cpu_model", "cpu_flags", "cpu_capability", "status",
-                                       "available", "use_nnpack"]
+                                       "available", "use_nnpack"] + named
         assert got["record"]["fingerprint"] == facts["fingerprint"]
     assert [{m["level"]: m["text"]} for m in got["messages"]] == out["messages"]
     if "record_json" in out:

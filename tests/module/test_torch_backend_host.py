@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from nnpack_facts_helpers import (LIBRARY, VENV_PYTHON, assert_options_documented, module_docs, run_module,
-                                  write_fake_interpreter)
+from nnpack_facts_helpers import (LIBRARY, VENV_PYTHON, assert_options_documented, import_module_utils, module_docs,
+                                  run_module, write_fake_interpreter)
 
 MODULE = LIBRARY / "torch_backend_host.py"
-KEYS = {"current", "previous", "complete", "user", "group", "account_marker", "dirs", "enabled", "active",
+KEYS = {"current", "previous", "complete_releases", "python_version", "distribution", "cpu_fingerprint", "user", "group", "account_marker", "dirs", "enabled", "active",
         "need_reload", "venv", "wheels", "mem_available_mb", "digest", "files", "secret", "secret_keys",
         "secret_newer", "served", "served_release", "served_digest", "units"}
 MISSING = {"signature": "", "content": ""}
@@ -51,7 +51,6 @@ def build(root, spec):
         secret_dir.mkdir()
     args = {
         "base_dir": str(base),
-        "release": str(base / "releases" / spec.get("release", "r2")),
         "user": spec.get("user", "root"),
         "group": spec.get("group", "root"),
         "account_marker": str(etc / "account-created.json"),
@@ -105,16 +104,16 @@ DEPLOYED = {
 # (id, layout, expected values; files as {key: text} of the files written, missing ones absent)
 LAYOUTS = [
     ("fresh host: nothing there", {"dirs": False, "user": "no-such-user-pb", "group": "no-such-group-pb"},
-     {"current": "", "previous": "", "complete": False, "user": False, "group": False, "account_marker": False,
+     {"current": "", "previous": "", "complete_releases": [], "user": False, "group": False, "account_marker": False,
       "dirs": False, "wheels": [], "digest": "", "files": {}, "secret": False, "secret_keys": []}),
     ("deployed host", DEPLOYED,
-     {"current": "@opt/releases/r2", "previous": "@opt/releases/r1", "complete": True, "user": True, "group": True,
+     {"current": "@opt/releases/r2", "previous": "@opt/releases/r1", "complete_releases": ["r1", "r2"], "user": True, "group": True,
       "account_marker": True, "dirs": True, "digest": "0123456789abcdef",
       "wheels": ["numpy-2.3.4-cp311-cp311-manylinux_2_27_x86_64.whl:17", "torch-2.13.0+cpu-cp311.whl:5"],
       "files": {"env": ENV_TEXT, "record": RECORD_TEXT, "unit": UNIT_TEXT},
       "secret": True, "secret_keys": ["API_TOKEN", "DB_PASS_2"]}),
-    ("the release this run names is not complete", dict(DEPLOYED, release="r3", releases=["r1", "r2", "r3"]),
-     {"complete": False, "current": "@opt/releases/r2"}),
+    ("a release without its marker is not complete", dict(DEPLOYED, releases=["r1", "r2", "r3"]),
+     {"complete_releases": ["r1", "r2"], "current": "@opt/releases/r2"}),
     ("fact link points elsewhere", dict(DEPLOYED, fact="other"), {"dirs": False}),
     ("no fact link", dict(DEPLOYED, fact=None), {"dirs": False}),
     ("no account marker, no secret file", dict(DEPLOYED, marker=False, secret=None),
@@ -172,6 +171,94 @@ def test_venv(tmp_path):
     no_venv = write_fake_interpreter(tmp_path, "python-without-venv", 'exit 1')
     assert host(tmp_path, dict(args, python=no_venv))["venv"] is False
     assert host(tmp_path, dict(args, python=str(tmp_path / "no-python")))["venv"] is False
+
+
+def test_python_version_read_in_the_same_run_as_the_venv_check(tmp_path):
+    args = build(tmp_path, DEPLOYED)
+    real = subprocess.run([str(VENV_PYTHON), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    got = host(tmp_path, args)
+    assert (got["python_version"], got["venv"]) == (real, True)
+    # a Python without venv still says its version, which chooses the requirement set
+    no_venv = write_fake_interpreter(tmp_path, "python-3.13-without-venv", "echo python=3.13; exit 1")
+    got = host(tmp_path, dict(args, python=no_venv))
+    assert (got["python_version"], got["venv"]) == ("3.13", False)
+    got = host(tmp_path, dict(args, python=str(tmp_path / "no-python")))
+    assert (got["python_version"], got["venv"]) == ("", False)
+    garbage = write_fake_interpreter(tmp_path, "python-garbage", "echo python=three; echo 3.11")
+    assert host(tmp_path, dict(args, python=garbage))["python_version"] == ""
+
+
+def test_cpu_fingerprint_is_the_one_the_probe_and_the_drift_guard_compute(tmp_path):
+    """Only when asked: a child process of the module's interpreter, the probe's evidence code."""
+    cpu_identity = import_module_utils("cpu_identity")
+    args = build(tmp_path, DEPLOYED)
+    assert host(tmp_path, args)["cpu_fingerprint"] == ""
+    expected = cpu_identity.fingerprint(cpu_identity.gather())[0]
+    assert host(tmp_path, dict(args, cpu_fingerprint=True))["cpu_fingerprint"] == expected
+
+
+# What read_host.yml ran before the host read took the distribution's packages over (a raw
+# shell step): the module must give the same lines, since the release id hashes them.
+OLD_DISTRIBUTION_READ = r"""
+export LC_ALL=C
+pkgs="$1"
+for p in $pkgs; do
+  dpkg-query -W -f '${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' && echo "installed=$p"
+done
+{ printf '%s
+' $pkgs
+  apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances     $pkgs 2>/dev/null | grep -E '^(python3-|libtorch)'
+} | sort -u | xargs -r apt-cache policy 2>/dev/null   | awk '/^[^ ]/ {p = $1; sub(/:$/, "", p)} $1 == "Installed:" {i = $2} $1 == "Candidate:" {print "deb=" p "=" (i == "(none)" ? $2 : i)}'
+"""
+
+
+def test_distribution_packages_read_as_the_shell_read_them_with_this_machines_apt(tmp_path):
+    """The real dpkg and apt of this machine (Debian): python3-venv, which scripts/bootstrap installs,
+    and a package apt does not know."""
+    packages = ["python3-venv", "no-such-package-pb"]
+    old = subprocess.run(["bash", "-c", OLD_DISTRIBUTION_READ, "read", " ".join(packages)],
+                         capture_output=True, text=True).stdout.splitlines()
+    got = host(tmp_path, dict(build(tmp_path, DEPLOYED), distribution_packages=packages))["distribution"]
+    assert got["installed"] == [line[len("installed="):] for line in old if line.startswith("installed=")]
+    assert got["versions"] == [line[len("deb="):] for line in old if line.startswith("deb=")]
+    assert got["installed"] == ["python3-venv"] and any(v.startswith("python3-venv=") for v in got["versions"])
+    assert host(tmp_path, build(tmp_path / "x", DEPLOYED))["distribution"] == {}
+
+
+APT_POLICY = """python3-torch:
+  Installed: (none)
+  Candidate: 2.6.0+dfsg-7
+  Version table:
+     2.6.0+dfsg-7 500
+        500 http://deb.debian.org/debian trixie/main amd64 Packages
+python3-numpy:
+  Installed: 1:2.2.4+ds-1
+  Candidate: 1:2.2.4+ds-1
+libtorch-gone:
+  Installed: (none)
+  Candidate: (none)
+"""
+
+
+def test_distribution_versions_installed_else_candidate_with_stand_in_apt(tmp_path):
+    """Stand-in dpkg-query and apt-cache (named so): the Debian 13 packages this machine's apt has not."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_fake_interpreter(bin_dir, "dpkg-query", 'case "$4" in python3-numpy) printf "ii " ;; *) exit 1 ;; esac')
+    (tmp_path / "policy.txt").write_text(APT_POLICY)
+    write_fake_interpreter(bin_dir, "apt-cache", 'case "$1" in depends) printf "python3-torch\n  Depends: x\n'
+                           'python3-numpy\n<python3:any>\nlibtorch-gone\nlibc6\n" ;;'
+                           ' policy) echo "$@" > %s; cat %s ;; esac' % (tmp_path / "asked", tmp_path / "policy.txt"))
+    env = {"PATH": "%s:%s" % (bin_dir, os.environ["PATH"])}
+    run = run_module(tmp_path, dict(build(tmp_path, DEPLOYED), distribution_packages=["python3-torch", "python3-numpy"]),
+                     module=MODULE, env=env)
+    assert run.rc == 0, run.stderr
+    got = run.result["host"]["distribution"]
+    assert got == {"installed": ["python3-numpy"],
+                   "versions": ["python3-torch=2.6.0+dfsg-7", "python3-numpy=1:2.2.4+ds-1", "libtorch-gone=(none)"]}
+    # what apt is asked about: the packages and what they need of python3-* and libtorch*, sorted, once each
+    assert (tmp_path / "asked").read_text().split() == ["policy", "libtorch-gone", "python3-numpy", "python3-torch"]
 
 
 def test_secret_values_never_leave_the_host(tmp_path):

@@ -182,7 +182,7 @@ def run_secret_play(playbook, tmp_path, secret_env, host_secret_keys, tasks=SECR
     """configure.yml + secret_env.yml (or `tasks`) on localhost with -v --diff, files under tmp_path."""
     secret_file = tmp_path / "secret.env"
     nothing = {"signature": "", "content": ""}
-    host = {"current": "", "complete": True, "files": {"env": nothing, "record": nothing, "unit": nothing}, "dirs": True,
+    host = {"current": "", "complete_releases": ["r1"], "files": {"env": nothing, "record": nothing, "unit": nothing}, "dirs": True,
             "secret": secret_file.exists(), "secret_keys": host_secret_keys.split()}
     facts = {"status": "supported", "available": True, "predicted_available": True, "cpu_model": "Test CPU",
              "fingerprint": "abcd", "torch_cpu_capability": "AVX2", "reason": "test",

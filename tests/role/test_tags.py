@@ -24,7 +24,7 @@ PLAYBOOK_TAGS = {"verify.yml": ["pytorch_backend_verify", "verify"], "rollback.y
 
 ALWAYS = ["Check the ansible-core version", "Check cross-variable rules",
           "Name the hosts this run targets, for the fleet table"]
-HOST_READ = ["Read the host's Python version", "Work out the release identity", "Read the deployment state on the host"]
+HOST_READ = ["Read the deployment state on the host", "Work out the release identity"]
 INSTALL = ["Check the host's Python against the requirement sets and the wheels", "Create the service group",
            "Create the directories", "Announce the build", "Mark the release complete"]
 PROBE = ["Probe NNPACK with the release's interpreter and decide USE_NNPACK", "Say what the decision rests on", "Report the decision"]

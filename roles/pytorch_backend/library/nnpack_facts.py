@@ -76,6 +76,13 @@ options:
       - Used only with O(record_file).
     type: str
     default: ''
+  release:
+    description:
+      - The id of the release O(python) belongs to. With O(probed), the new record names it as C(probed_release), so
+        that a later deploy of the same release on the same CPU can take the recorded verdict instead of probing.
+      - Used only with O(record_file).
+    type: str
+    default: ''
 extends_documentation_fragment:
   - action_common_attributes
   - action_common_attributes.facts
@@ -148,7 +155,7 @@ decision:
       description:
         - "The CPU record to write (the previous one when kept): C(fingerprint), C(cpu_model), C(cpu_flags) (C(avx),
           C(avx2), C(fma), C(avx512f)), C(cpu_capability), C(status), C(available) and C(use_nnpack) (V('') only when
-          C(available) is V(true), else V('0'))."
+          C(available) is V(true), else V('0')); and C(probed_release), O(release), for a new probed record."
       type: dict
       sample: {"fingerprint": "305b35c0b213a2bb", "cpu_model": "Intel Core i7 9xx (Nehalem Class Core i7)",
                "cpu_flags": {"avx": false, "avx2": false, "fma": false, "avx512f": false}, "cpu_capability": "DEFAULT",
@@ -336,6 +343,7 @@ def main():
             record_file=dict(type="path"),
             probed=dict(type="bool", default=True),
             host_name=dict(type="str", default=""),
+            release=dict(type="str", default=""),
         ),
         supports_check_mode=True,
     )
@@ -376,7 +384,8 @@ def main():
         if problem:
             module.warn("ignoring the CPU record %s: %s" % (params["record_file"], problem))
         # not a fact: a decision made against one record file is no property of the host
-        result["decision"] = decide(facts, previous, params["probed"], module.check_mode, params["host_name"])
+        result["decision"] = decide(facts, previous, params["probed"], module.check_mode, params["host_name"],
+                                    params["release"])
     module.exit_json(**result)
 
 

@@ -12,10 +12,11 @@ module: torch_backend_host
 short_description: Read a torch-backend host's deployment state in one module launch
 description:
   - Reads everything the pytorch_backend role needs to know about a host before it changes anything, in one
-    launch (a module launch costs seconds on small VMs); the C(current) and C(previous) release links, whether
-    the release this run names is complete, the service account, the directories, the systemd unit's state,
-    whether the host Python can make virtualenvs, the wheels already in the wheelhouse, the memory available,
-    the managed files (signature and content), the secret file's key names, and what the running service
+    launch (a module launch costs seconds on small VMs, and each is an SSH round trip); the C(current) and
+    C(previous) release links, which releases are complete, the host Python's version and whether it can make
+    virtualenvs, the versions of the distribution's torch packages, the service account, the directories, the
+    systemd unit's state, the wheels already in the wheelhouse, the memory available, the managed files
+    (signature and content), the secret file's key names, the CPU's fingerprint, and what the running service
     serves (C(GET /v2)).
   - Asking the running service what it serves lets a run cut between a switch and its restart be noticed by
     the next run.
@@ -28,10 +29,6 @@ options:
     description: The service's base directory, holding C(releases/) and the C(current) and C(previous) links.
     type: path
     required: true
-  release:
-    description: The release directory this run names; RV(host.complete) says whether its C(.complete) marker exists.
-    type: path
-    default: ''
   user:
     description: The service account's user name.
     type: str
@@ -75,9 +72,22 @@ options:
     description: The unit file; default C(/etc/systemd/system/) followed by O(unit).
     type: path
   python:
-    description: The host Python the role makes virtualenvs with (RV(host.venv)).
+    description: The host Python the role makes virtualenvs with (RV(host.python_version), RV(host.venv)).
     type: path
     default: /usr/bin/python3
+  distribution_packages:
+    description:
+      - The distribution's torch packages (for example C(python3-torch)) when torch comes from them; RV(host.distribution)
+        then says which are installed and the version of each, and of the Python packages they need.
+    type: list
+    elements: str
+    default: []
+  cpu_fingerprint:
+    description:
+      - Whether to read the CPU's fingerprint (RV(host.cpu_fingerprint)), from an evidence-only child of the module's
+        own interpreter (no C(torch); CPUID, C(/proc) and C(/sys), the code C(nnpack_facts) gathers evidence with).
+    type: bool
+    default: false
   wheelhouse_dir:
     description: The wheelhouse; its C(*.whl) are listed in RV(host.wheels).
     type: path
@@ -113,7 +123,6 @@ EXAMPLES = r"""
 - name: Read the deployment state on the host
   torch_backend_host:
     base_dir: /opt/torch-backend
-    release: /opt/torch-backend/releases/r42
     env_file: /etc/torch-backend/torch-backend.env
     record_file: /etc/torch-backend/cpu-record.json
     secret_env_file: /etc/torch-backend/secret.env
@@ -142,9 +151,36 @@ host:
     previous:
       description: Target of O(base_dir)C(/previous), V('') when there is none.
       type: str
-    complete:
-      description: O(release)C(/.complete) exists (the release was fully installed).
-      type: bool
+    complete_releases:
+      description: The names of the directories in O(base_dir)C(/releases) with a C(.complete) marker (fully installed), sorted.
+      type: list
+      elements: str
+      sample: [3f2a9c0d41be, 8e1b77aa09c2]
+    python_version:
+      description: O(python)'s version as C(X.Y), V('') when it does not run.
+      type: str
+      sample: "3.11"
+    distribution:
+      description: With O(distribution_packages), the distribution's side of the release; V({}) without.
+      type: dict
+      contains:
+        installed:
+          description: The packages of O(distribution_packages) that dpkg has installed.
+          type: list
+          elements: str
+        versions:
+          description:
+            - C(NAME=VERSION) of each package of O(distribution_packages) and of the C(python3-*) and C(libtorch*)
+              packages they need (recursively), sorted by name; the installed version, else apt's candidate
+              (what apt would install, C((none)) when apt has none).
+          type: list
+          elements: str
+    cpu_fingerprint:
+      description:
+        - With O(cpu_fingerprint), the CPU's fingerprint as C(nnpack_facts) computes it (equal means the same CPU);
+          V('') when not asked for or when no evidence could be gathered.
+      type: str
+      sample: 305b35c0b213a2bb
     user:
       description: O(user) exists (passwd database, as C(getent passwd)).
       type: bool
@@ -231,11 +267,21 @@ import pwd
 import re
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.cpu_identity import fingerprint
+from ansible.module_utils.nnpack_run import child_env, probe
+from ansible.module_utils.nnpack_verdict import has_evidence
 from ansible.module_utils.urls import open_url
 
 C_LOCALE = {"LC_ALL": "C", "LANG": "C"}
 DIGEST_PREFIX = "TORCH_BACKEND_CONFIG_DIGEST="
 SECRET_KEY_RE = re.compile(r"^([A-Z_][A-Z0-9_]*)=")
+# One run of the host Python: its version first, so that it is known even where venv is missing.
+PYTHON_CHECK = 'import sys; print("python=%d.%d" % sys.version_info[:2]); import ensurepip, venv'
+PYTHON_VERSION_RE = re.compile(r"^python=([0-9]+[.][0-9]+)$")
+# what apt-cache depends lists of a torch package that the release's id takes the version of
+DISTRIBUTION_DEPENDENCY = ("python3-", "libtorch")
+APT_DEPENDS = ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+               "--no-breaks", "--no-replaces", "--no-enhances"]
 
 
 class Host:
@@ -277,6 +323,58 @@ class Host:
                 out = out.strip() if rc == 0 else ""
         seconds = out[1:] if out.startswith("@") else out
         return int(seconds) if seconds.isdigit() else None
+
+
+    def python(self, python):
+        """(version X.Y or '', whether it can make virtualenvs)."""
+        rc, out = self.run([python, "-c", PYTHON_CHECK])
+        versions = [m.group(1) for m in map(PYTHON_VERSION_RE.match, out.splitlines()) if m]
+        return (versions[0] if versions else ""), rc == 0
+
+    def distribution(self, packages):
+        """Which of `packages` dpkg has installed, and NAME=VERSION of them and what they need (host.distribution)."""
+        installed = []
+        for name in packages:
+            rc, out = self.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}", name])
+            if rc == 0 and out.startswith("ii"):
+                installed.append(name)
+        _, out = self.run(APT_DEPENDS + list(packages))
+        # unindented lines are packages, the indented ones their relations
+        needed = set(line.split()[0] for line in out.splitlines() if line.startswith(DISTRIBUTION_DEPENDENCY))
+        names = sorted(needed | set(packages))
+        _, out = self.run(["apt-cache", "policy"] + names)
+        return {"installed": installed, "versions": policy_versions(out)}
+
+
+def policy_versions(text):
+    """NAME=VERSION from `apt-cache policy` output: the installed version, else the candidate."""
+    versions, name, installed = [], None, None
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        if not line[0].isspace():
+            name, installed = fields[0][:-1] if fields[0].endswith(":") else fields[0], None
+        elif fields[0] == "Installed:" and len(fields) > 1:
+            installed = fields[1]
+        elif fields[0] == "Candidate:" and len(fields) > 1 and name:
+            versions.append("%s=%s" % (name, fields[1] if installed in (None, "(none)") else installed))
+    return versions
+
+
+def cpu_fingerprint():
+    """The CPU's fingerprint from an evidence-only child, as nnpack_facts computes it; '' without evidence."""
+    _, _, evidence = probe(None, [], 0, child_env(os.environ, {}))
+    return fingerprint(evidence)[0] if has_evidence(evidence) else ""
+
+
+def complete_releases(base):
+    root = os.path.join(base, "releases")
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    return sorted(name for name in names if os.path.isfile(os.path.join(root, name, ".complete")))
 
 
 def readlink(path):
@@ -387,13 +485,16 @@ def gather(module):
     _, enabled = host.systemctl("is-enabled")
     _, active = host.systemctl("is-active")
     _, need_reload = host.systemctl("show", "--property=NeedDaemonReload", "--value")
-    venv_rc, _ = host.run([p["python"], "-c", "import ensurepip, venv"])
+    python_version, venv = host.python(p["python"])
     unit_path = p["unit_path"] or os.path.join("/etc/systemd/system", p["unit"])
 
     state = {
         "current": readlink(os.path.join(base, "current")),
         "previous": readlink(os.path.join(base, "previous")),
-        "complete": bool(p["release"]) and os.path.isfile(os.path.join(p["release"], ".complete")),
+        "complete_releases": complete_releases(base),
+        "python_version": python_version,
+        "distribution": host.distribution(p["distribution_packages"]) if p["distribution_packages"] else {},
+        "cpu_fingerprint": cpu_fingerprint() if p["cpu_fingerprint"] else "",
         "user": account_exists(pwd.getpwnam, p["user"]),
         "group": account_exists(grp.getgrnam, p["group"]),
         "account_marker": bool(p["account_marker"]) and os.path.isfile(p["account_marker"]),
@@ -401,7 +502,7 @@ def gather(module):
         "enabled": enabled,
         "active": active,
         "need_reload": need_reload == "yes",
-        "venv": venv_rc == 0,
+        "venv": venv,
         "wheels": wheels(p["wheelhouse_dir"]),
         "mem_available_mb": mem_available_mb(),
         "digest": config_digest(p["env_file"]),
@@ -436,7 +537,6 @@ def main():
     module = AnsibleModule(
         argument_spec={
             "base_dir": {"type": "path", "required": True},
-            "release": {"type": "path", "default": ""},
             "user": {"type": "str", "default": "torch-backend"},
             "group": {"type": "str", "default": "torch-backend"},
             "account_marker": {"type": "path", "default": ""},
@@ -448,6 +548,8 @@ def main():
             "unit_path": {"type": "path"},
             "units": {"type": "dict", "default": {}},
             "python": {"type": "path", "default": "/usr/bin/python3"},
+            "distribution_packages": {"type": "list", "elements": "str", "default": []},
+            "cpu_fingerprint": {"type": "bool", "default": False},
             "wheelhouse_dir": {"type": "path", "default": ""},
             "url": {"type": "str", "default": ""},
             "systemctl": {"type": "str", "default": "systemctl"},

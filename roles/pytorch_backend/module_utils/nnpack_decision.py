@@ -60,17 +60,22 @@ def hardware_change(previous, record, off):
         _show(record.get("fingerprint")), _show(previous.get("status", "?")), _show(record.get("status")), change)
 
 
-def decide(facts, previous, probed, check_mode=False, host=""):
+def decide(facts, previous, probed, check_mode=False, host="", release=""):
     """The decision for one host (see nnpack_facts' RETURN, ``decision``).
 
     ``facts``: nnpack_facts' facts. ``previous``: the host's record ({} for none).
     ``probed``: False when there was no release to probe with, so that the prediction
     from the CPU evidence stands in for torch's answer. ``host``: the name in messages.
+    ``release``: the id of the release probed with, recorded as ``probed_release`` so that
+    a later run on the same CPU and release can take the verdict without probing
+    (filter_plugins/probe_reuse.py); never for a prediction, which no torch made.
     """
     previous = previous or {}
     predicted = not probed
     available = facts.get("predicted_available") if predicted else facts.get("available")
     new = make_record(facts, available)
+    if probed and release:
+        new["probed_release"] = release
     undecided = facts.get("status") in UNDECIDED
     # on the same CPU an undecided probe keeps the recorded verdict: one timeout must not
     # flip the setting (and restart the service) twice

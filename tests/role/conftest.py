@@ -71,6 +71,22 @@ def fake_python(tmp_path, version, name=None):
     return str(script)
 
 
+def load_role_module(name):
+    """library/NAME.py of the role, imported in this process as Ansible runs it on a host: its
+    `ansible.module_utils` imports resolve to the role's module_utils/ (no bytecode written there)."""
+    import importlib.util
+
+    import ansible.module_utils
+
+    sys.dont_write_bytecode = True
+    if str(ROLE / "module_utils") not in ansible.module_utils.__path__:
+        ansible.module_utils.__path__.append(str(ROLE / "module_utils"))
+    spec = importlib.util.spec_from_file_location(name, ROLE / "library" / (name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def has_ipv6_loopback():
     try:
         with socket.socket(socket.AF_INET6) as s:

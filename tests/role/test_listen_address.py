@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import ROLE
+from conftest import ROLE, load_role_module
 
 spec = importlib.util.spec_from_file_location("pytorch_backend_filter_listen_address",
                                               ROLE / "filter_plugins" / "listen_address.py")
@@ -121,10 +121,7 @@ def test_role_vars_build_bracketed_urls(playbook, tmp_path):
 def host_state_served():
     """The host-state module's question to the running service (library/torch_backend_host.py,
     served()), as it runs on the host: imported from the module file itself."""
-    module_spec = importlib.util.spec_from_file_location("torch_backend_host", ROLE / "library" / "torch_backend_host.py")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.served
+    return load_role_module("torch_backend_host").served
 
 
 @pytest.mark.parametrize("bind", ["::1", "::"])

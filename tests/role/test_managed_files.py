@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import ROLE
+from conftest import ROLE, load_role_module
 
 
 def load(name, path):
@@ -17,7 +17,7 @@ def load(name, path):
 
 
 FILTER = load("pytorch_backend_managed_files", ROLE / "filter_plugins" / "managed_files.py")
-HOST = load("torch_backend_host", ROLE / "library" / "torch_backend_host.py")
+HOST = load_role_module("torch_backend_host")
 
 CONTENTS = ["", "TORCH_BACKEND_PORT=8080\n", "[Unit]\nDescription=é ü\n", "no newline at the end"]
 

@@ -25,6 +25,11 @@ RUN_MODULE = ("import runpy, sys, ansible.module_utils as mu; mu.__path__.append
 VENV_BIN = REPO / ".venv" / "bin"
 VENV_PYTHON = VENV_BIN / "python"
 QEMU = shutil.which("qemu-x86_64-static")
+# OpenBLAS (numpy's BLAS) picks its kernels from the CPU itself: under qemu-user on an AMD EPYC
+# host it took Haswell kernels for -cpu Nehalem, and `import numpy` died of SIGILL inside
+# libscipy_openblas (measured 2026-12-08; no real Nehalem, and no full TCG guest, does this). It is
+# told its core, which no NNPACK verdict depends on.
+QEMU_CPU_ENV = {"Nehalem": ["-E", "OPENBLAS_CORETYPE=Nehalem"]}
 # Interpreters without torch on this machine: Debian's python and the pyenv base of the venv.
 NO_TORCH_PYTHON = "/usr/bin/python3"
 

@@ -4,8 +4,8 @@ Under qemu-user, /proc/cpuinfo shows the host's CPU; the facts must describe the
 """
 import pytest
 
-from nnpack_facts_helpers import (NO_TORCH_PYTHON, NNPACK_TEXT, QEMU, VENV_PYTHON, assert_no_leak, needs_qemu,
-                                  needs_torch, run_module)
+from nnpack_facts_helpers import (NO_TORCH_PYTHON, NNPACK_TEXT, QEMU, QEMU_CPU_ENV, VENV_PYTHON, assert_no_leak,
+                                  needs_qemu, needs_torch, run_module)
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu_user, needs_qemu]
 
@@ -13,7 +13,7 @@ UNSUPPORTED = NNPACK_TEXT + " Reason: Unsupported hardware."
 
 
 def emulated(tmp, cpu, python=VENV_PYTHON, **extra):
-    args = {"python": str(python), "wrapper": [QEMU, "-cpu", cpu], "timeout": 600}
+    args = {"python": str(python), "wrapper": [QEMU, "-cpu", cpu] + QEMU_CPU_ENV.get(cpu, []), "timeout": 600}
     args.update(extra)
     run = run_module(tmp, args)
     assert run.rc == 0, run.result

@@ -36,6 +36,11 @@ def pytest_pycollect_makemodule(module_path, parent):
 
 
 NNPACK_WARNING = "Could not initialize NNPACK"
+# OpenBLAS (numpy's BLAS) picks its kernels from the CPU itself: under qemu-user on an AMD EPYC
+# host it took Haswell kernels for -cpu Nehalem, and `import numpy` died of SIGILL inside
+# libscipy_openblas (measured 2026-12-08; no real Nehalem, and no full TCG guest, does this). It is
+# told its core, which no NNPACK verdict depends on.
+QEMU_NEHALEM_ARGS = ["-cpu", "Nehalem", "-E", "OPENBLAS_CORETYPE=Nehalem"]
 SELFTEST_INFER = "/v2/models/conv2d-selftest/infer"
 # The controller's pure-Python reference for conv2d-selftest (the role's filter plugin): the
 # service's numbers are checked against it, as the deploy does.

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NNPACK_WARNING, ServerProcess, assert_selftest_answers
+from conftest import NNPACK_WARNING, QEMU_NEHALEM_ARGS, ServerProcess, assert_selftest_answers
 from torch_backend import cpu_identity, drift, nnpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "module"))
@@ -346,7 +346,7 @@ QEMU = shutil.which("qemu-x86_64-static")
 def test_qemu_nehalem_with_this_hosts_record(tmp_path):
     record = this_host_record(status="supported", available=True, use_nnpack="")
     stderr, meta, gauges = run_server(tmp_path, record, {"USE_NNPACK": None},
-                                      wrapper=[QEMU, "-cpu", "Nehalem"], timeout=900,
+                                      wrapper=[QEMU, *QEMU_NEHALEM_ARGS], timeout=900,
                                       inferences=5)
     (line,) = [ln for ln in stderr.splitlines() if "CPU drift" in ln]
     print(f"\ndrift log line: {line}")

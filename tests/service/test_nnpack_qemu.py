@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from conftest import NNPACK_WARNING, ServerProcess, assert_selftest_answers
+from conftest import NNPACK_WARNING, QEMU_NEHALEM_ARGS, ServerProcess, assert_selftest_answers
 
 QEMU = shutil.which("qemu-x86_64-static")
 pytestmark = [
@@ -24,7 +24,7 @@ INFERENCES = 20
 
 def run_emulated(tmp_path, use_nnpack):
     srv = ServerProcess(tmp_path, {"USE_NNPACK": use_nnpack},
-                        wrapper=[QEMU, "-cpu", "Nehalem"]).start()
+                        wrapper=[QEMU, *QEMU_NEHALEM_ARGS]).start()
     try:
         srv.wait_ready(timeout=900)
         assert_selftest_answers(srv, INFERENCES, timeout=120)

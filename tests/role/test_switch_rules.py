@@ -121,3 +121,13 @@ def through_ansible(tmp_path_factory):
 def test_the_task_and_vars_give_what_the_table_says(through_ansible):
     assert dict(zip([c["id"] for c in RESTARTS], through_ansible["restart"])) == {c["id"]: c["reasons"] for c in RESTARTS}
     assert through_ansible["warm"] == {c["id"]: {"socket_kept": c["socket_kept"], "warm": c["warm"]} for c in WARMS}
+
+
+@pytest.mark.parametrize("mem, minimum, fits", [
+    (2048, 512, True), (512, 512, True), (511, 512, False), (0, 0, True), (None, 0, False), (None, 512, False)])
+def test_memory_fits_the_candidate_and_the_warm_handover_alike(mem, minimum, fits):
+    """One rule for both (tasks/steps/candidate.yml, warm_handover): unknown memory never fits."""
+    host = dict(TABLE["host"], mem_available_mb=mem)
+    assert FILTERS["pytorch_backend_memory_fits"](host, minimum) is fits
+    kept = FILTERS["pytorch_backend_socket_kept"](host, [])
+    assert FILTERS["pytorch_backend_warm_handover"](host, kept, False, False, minimum) is (fits and kept)

@@ -56,6 +56,14 @@ def socket_kept(host, files_changed):
     return host["units"]["socket"]["active"] == "active" and "socket" not in files_changed
 
 
+def memory_fits(host, min_available_mb):
+    """Whether MemAvailable holds a second process of `min_available_mb` MiB: the candidate's
+    condition (tasks/steps/candidate.yml) and the warm handover's. Unknown (None: /proc/meminfo
+    not read) does not: a second process on a host short of memory is what the OOM killer ends."""
+    mem = host["mem_available_mb"]
+    return mem is not None and mem >= min_available_mb
+
+
 def warm_handover(host, kept, verified, tried, min_available_mb):
     """Whether the switch hands over warm rather than restarting plainly. `kept`: socket_kept();
     `verified`: the candidate's verification result (only a real True is a pass: a truthy
@@ -74,8 +82,7 @@ def warm_handover(host, kept, verified, tried, min_available_mb):
         return False
     if verified is True:
         return True
-    mem = host["mem_available_mb"]
-    return not tried and mem is not None and mem >= min_available_mb
+    return not tried and memory_fits(host, min_available_mb)
 
 
 class FilterModule:
@@ -86,4 +93,5 @@ class FilterModule:
             "pytorch_backend_restart_reasons": restart_reasons,
             "pytorch_backend_socket_kept": socket_kept,
             "pytorch_backend_warm_handover": warm_handover,
+            "pytorch_backend_memory_fits": memory_fits,
         }

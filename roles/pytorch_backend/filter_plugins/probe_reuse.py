@@ -21,7 +21,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib.util
 import json
+from pathlib import Path
+
+# filter_plugins/ is no package: the shared loader beside this file is loaded by path, and
+# through it the service's cpu_record.py, whose "same CPU?" rule the deploy and the drift guard use
+_spec = importlib.util.spec_from_file_location("pytorch_backend_service_rules",
+                                               Path(__file__).with_name("service_rules.py"))
+service_rules = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(service_rules)
+
+cpu_record = service_rules.load("cpu_record.py", "pytorch_backend_cpu_record")
 
 # the statuses that are torch's verdict on this CPU; cpuinfo_failed is the host's state
 # (an unreadable /proc/cpuinfo), which may have changed since
@@ -56,7 +67,7 @@ def why_probe(host, release_id, release_ready, run_configures):
         return "the record's USE_NNPACK does not follow from its verdict"
     if not fingerprint:
         return "the CPU's fingerprint could not be read"
-    if fingerprint != record.get("fingerprint"):
+    if not cpu_record.same_cpu(record, {"fingerprint": fingerprint}):
         return "the CPU is not the one recorded"
     if not (host.get("active") == "active" and host.get("served") and host.get("served_release") == release_id):
         return "torch-backend does not serve release %s" % release_id

@@ -268,7 +268,7 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.cpu_identity import fingerprint
-from ansible.module_utils.nnpack_run import child_env, probe
+from ansible.module_utils.nnpack_run import child_env, evidence_only
 from ansible.module_utils.nnpack_verdict import has_evidence
 from ansible.module_utils.urls import open_url
 
@@ -364,7 +364,7 @@ def policy_versions(text):
 
 def cpu_fingerprint():
     """The CPU's fingerprint from an evidence-only child, as nnpack_facts computes it; '' without evidence."""
-    _, _, evidence = probe(None, [], 0, child_env(os.environ, {}))
+    evidence = evidence_only([], child_env(os.environ, {}))
     return fingerprint(evidence)[0] if has_evidence(evidence) else ""
 
 

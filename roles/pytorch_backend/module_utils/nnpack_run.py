@@ -98,6 +98,15 @@ def parse_records(stdout):
     return last
 
 
+def evidence_only(prefix, env):
+    """CPU evidence (no torch) from a child of the module's own interpreter under ``prefix``, or None.
+
+    Its own limit, not the probe's: a tight probe timeout on a slow host would leave the host
+    without a CPU identity, and the role would take it for a moved one."""
+    res = run(child_command(prefix, sys.executable, ["--evidence-only"]), EVIDENCE_TIMEOUT, env)
+    return parse_records(res["stdout"])
+
+
 def probe(python, prefix, timeout, env, host_view=False):
     """Probe ``python`` (None: it cannot be run) under ``prefix``; returns res, rec, fallback_ev.
 
@@ -113,10 +122,7 @@ def probe(python, prefix, timeout, env, host_view=False):
             res = run(child_command(prefix, python, ["--no-cpuid"]), timeout, env)
             rec = parse_records(res["stdout"])
     if not has_evidence(rec):
-        # its own limit, not the probe's: a tight probe timeout on a slow host would leave the
-        # host without a CPU identity, and the role would take it for a moved one
-        ev_res = run(child_command(prefix, sys.executable, ["--evidence-only"]), EVIDENCE_TIMEOUT, env)
-        fallback = parse_records(ev_res["stdout"])
+        fallback = evidence_only(prefix, env)
         if fallback and host_view:
             fallback["evidence_source"] += " (host view; wrapper not applied)"
     return res, rec, fallback
